@@ -1,0 +1,34 @@
+# imgnorm: `make demo` runs the main job on a small dataset, `make test` runs the tests.
+# Both create the virtual environment .venv on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PHOTOS ?= ../shared/data/photos
+
+.PHONY: demo test bench clean
+
+# Re-install only when the project's metadata changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+# A small dataset made on the spot (no downloads): an MNIST-layout .npz and a
+# JPEG folder with train/val splits and classes; then statistics and HDF5.
+demo: $(VENV)/.installed
+	rm -rf demo && mkdir -p demo
+	$(BIN)/python benchmarks/datasets.py demo
+	$(BIN)/imgnorm stats demo/digits.npz
+	$(BIN)/imgnorm stats demo/shapes -o demo/shapes-stats.json
+
+bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python benchmarks/run.py --photos $(PHOTOS)
+
+clean:
+	rm -rf $(VENV) demo .bench .pytest_cache *.egg-info

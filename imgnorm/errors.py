@@ -1,0 +1,36 @@
+"""imgnorm's exceptions: one small hierarchy, turned into Click errors by the CLI."""
+
+from __future__ import annotations
+
+
+class ImgnormError(Exception):
+    """Base class of every error imgnorm raises on purpose (exit code 1)."""
+
+
+class SourceError(ImgnormError):
+    """A dataset source is missing, empty or holds data imgnorm cannot read."""
+
+
+class ImageError(SourceError):
+    """One image file could not be decoded."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class StatsFileError(ImgnormError):
+    """A stats document is malformed, of another version or does not fit the data."""
+
+
+class OutputError(ImgnormError):
+    """The output cannot be written (exists already, folder missing, disk full)."""
+
+
+class OptionError(ImgnormError):
+    """Options that are wrong or conflict with each other (exit code 2)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option

@@ -1,0 +1,67 @@
+"""Writing output files safely: a temporary file beside the target, renamed into
+place only when complete, removed on any error, Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+from .errors import OutputError
+
+TMP_SUFFIX = ".imgnorm-tmp"
+
+
+def check_output(path: str | os.PathLike, force: bool = False) -> str:
+    """Fail early, before any work, if ``path`` cannot or must not be written."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"{path}: folder {folder} does not exist; create it first")
+    if os.path.isdir(path):
+        raise OutputError(f"{path} is a folder; give a file name")
+    if os.path.lexists(path) and not force:
+        raise OutputError(f"{path} exists; pass --force to replace it")
+    return path
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
+    """Yield a temporary path in ``path``'s folder; move it to ``path`` on success.
+
+    On any exception (including KeyboardInterrupt and SystemExit) the
+    temporary file is removed and an existing ``path`` is left untouched.
+    """
+    path = check_output(path, force)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=folder)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create a file in {folder} ({e.strerror})") from None
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno is not None:
+            what = "disk full" if e.errno == errno.ENOSPC else e.strerror
+            raise OutputError(f"{path}: cannot write ({what}); nothing was written") from None
+        raise
+
+
+def write_json(path: str | os.PathLike, doc: dict, force: bool = False) -> None:
+    """Write a JSON document atomically."""
+    with atomic_output(path, force) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")

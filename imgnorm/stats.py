@@ -1,0 +1,369 @@
+"""Running pixel statistics and the stats document (JSON).
+
+Integer pixels of up to 16 bits are summed exactly: per batch in int64, across
+batches in Python integers, so the totals do not depend on batch size, worker
+count or order, and mean and variance are rounded once, from exact integer
+ratios.  Float pixels (and wider integers) are merged with the pairwise update
+of Chan, Golub and LeVeque, which stays accurate when the data sit on a large
+offset, where the textbook ``E[x^2] - E[x]^2`` loses every digit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+
+from .errors import StatsFileError
+
+FORMAT = "imgnorm.stats"
+VERSION = 1
+
+
+def _exact_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind in "uib" and dtype.itemsize <= 2
+
+
+class RunningStats:
+    """Count, min, max, mean and variance per channel, updated batch by batch.
+
+    Parameters
+    ----------
+    channels : int
+        Number of channels (the last axis of every image).
+    dtype : numpy dtype
+        Pixel type; integers of up to 16 bits are accumulated exactly.
+
+    Attributes
+    ----------
+    images_ : int
+        Images seen.
+    count_ : int
+        Pixels seen per channel (pixels = height * width, summed over images).
+    shape_ : tuple (height, width, channels) or None
+        The shared image shape, or None once two sizes have been seen.
+    """
+
+    def __init__(self, channels: int, dtype):
+        self.channels = int(channels)
+        self.dtype = np.dtype(dtype)
+        self.exact = _exact_dtype(self.dtype)
+        self.images_ = 0
+        self.count_ = 0
+        self.shape_: tuple[int, ...] | None = None
+        self._shape_seen = False
+        self.min_ = np.full(self.channels, np.inf)
+        self.max_ = np.full(self.channels, -np.inf)
+        if self.exact:
+            self.sum_ = [0] * self.channels  # exact Python integers
+            self.sum_sq_ = [0] * self.channels
+        else:
+            # Float data are shifted by their first value per channel, so that
+            # the running mean and the merge deltas are of the order of the
+            # spread of the data, not of its offset.
+            self.shift_ = np.zeros(self.channels)
+            self._mean = np.zeros(self.channels)  # mean of (x - shift_)
+            self.m2_ = np.zeros(self.channels)  # sum of squared deviations from the mean
+
+    # ---------------------------------------------------------------- update
+
+    def update(self, images) -> "RunningStats":
+        """Add a batch: an array (n, height, width, channels) or a list of (height, width, channels)."""
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4:
+                raise ValueError(f"expected (n, height, width, channels), got shape {images.shape}")
+            if len(images):
+                self._add_shape(images.shape[1:])
+                self._add_pixels(images.reshape(-1, images.shape[-1]), len(images))
+        else:
+            for a in images:
+                self._add_shape(a.shape)
+                self._add_pixels(a.reshape(-1, a.shape[-1]), 1)
+        return self
+
+    def _add_shape(self, shape):
+        shape = tuple(int(s) for s in shape)
+        if shape[-1] != self.channels:
+            raise ValueError(f"image has {shape[-1]} channels, expected {self.channels}")
+        if not self._shape_seen:
+            self.shape_, self._shape_seen = shape, True
+        elif self.shape_ != shape:
+            self.shape_ = None
+
+    def _add_pixels(self, x: np.ndarray, n_images: int):
+        """x: (pixels, channels)."""
+        if x.dtype != self.dtype:
+            raise ValueError(f"pixels are {x.dtype}, expected {self.dtype}")
+        n = x.shape[0]
+        self.images_ += n_images
+        if n == 0:
+            return
+        self.min_ = np.minimum(self.min_, x.min(axis=0))
+        self.max_ = np.maximum(self.max_, x.max(axis=0))
+        if self.exact:
+            s, q = integer_sums(x)
+            self.sum_ = [a + int(b) for a, b in zip(self.sum_, s)]
+            self.sum_sq_ = [a + int(b) for a, b in zip(self.sum_sq_, q)]
+            self.count_ += n
+        else:
+            if self.count_ == 0:
+                self.shift_ = x[0].astype(np.float64)
+            xf = x.astype(np.float64) - self.shift_
+            new_mean = xf.mean(axis=0)
+            new_m2 = ((xf - new_mean) ** 2).sum(axis=0)
+            self._chan_merge(n, new_mean, new_m2)
+
+    def _chan_merge(self, new_n: int, new_mean: np.ndarray, new_m2: np.ndarray):
+        # Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise
+        # algorithm for computing sample variances", eq. 2.1b.
+        last_n = self.count_
+        updated_n = last_n + new_n
+        delta = new_mean - self._mean
+        self._mean = self._mean + delta * (new_n / updated_n)
+        self.m2_ = self.m2_ + new_m2 + delta * delta * (last_n * new_n / updated_n)
+        self.count_ = updated_n
+
+    def merge(self, other: "RunningStats") -> "RunningStats":
+        """Fold in the statistics of disjoint data (another batch, worker or file)."""
+        if (other.channels, other.exact) != (self.channels, self.exact):
+            raise ValueError("cannot merge statistics of different channel counts or pixel types")
+        if other.images_ == 0:
+            return self
+        if not self._shape_seen:
+            self.shape_, self._shape_seen = other.shape_, other._shape_seen
+        elif other._shape_seen and other.shape_ != self.shape_:
+            self.shape_ = None
+        self.images_ += other.images_
+        self.min_ = np.minimum(self.min_, other.min_)
+        self.max_ = np.maximum(self.max_, other.max_)
+        if self.exact:
+            self.sum_ = [a + b for a, b in zip(self.sum_, other.sum_)]
+            self.sum_sq_ = [a + b for a, b in zip(self.sum_sq_, other.sum_sq_)]
+            self.count_ += other.count_
+        elif other.count_:
+            if self.count_ == 0:
+                self.shift_ = other.shift_.copy()
+            # other's mean in this object's shifted coordinates; the shift
+            # difference is exact when the two shifts are close.
+            self._chan_merge(other.count_, (other.shift_ - self.shift_) + other._mean, other.m2_)
+        return self
+
+    # ---------------------------------------------------------------- results
+
+    @property
+    def mean_(self) -> np.ndarray:
+        """Per-channel mean, shape (channels,)."""
+        if self.exact:
+            return np.array([_ratio(s, self.count_) for s in self.sum_])
+        return self.shift_ + self._mean if self.count_ else np.full(self.channels, np.nan)
+
+    @property
+    def var_(self) -> np.ndarray:
+        """Per-channel population variance (ddof=0), shape (channels,)."""
+        if self.exact:
+            return np.array([_exact_var(s, q, self.count_) for s, q in zip(self.sum_, self.sum_sq_)])
+        return self.m2_ / self.count_ if self.count_ else np.full(self.channels, np.nan)
+
+    @property
+    def std_(self) -> np.ndarray:
+        return np.sqrt(self.var_)
+
+    def global_stats(self) -> dict:
+        """Statistics of all channels pooled together."""
+        n = self.count_ * self.channels
+        if self.exact:
+            s, q = sum(self.sum_), sum(self.sum_sq_)
+            mean, var = _ratio(s, n), _exact_var(s, q, n)
+        else:
+            pooled = RunningStats(1, np.float64)
+            for c in range(self.channels):
+                one = RunningStats(1, np.float64)
+                one.count_, one.images_ = self.count_, 1
+                one.shift_, one._mean, one.m2_ = self.shift_[c:c + 1], self._mean[c:c + 1], self.m2_[c:c + 1]
+                pooled.merge(one)
+            mean = float(pooled.mean_[0]) if n else math.nan
+            var = float(pooled.m2_[0] / n) if n else math.nan
+        return {"count": n, "mean": mean, "var": var, "std": math.sqrt(var) if n else math.nan,
+                "min": _num(self.min_.min()) if n else None, "max": _num(self.max_.max()) if n else None}
+
+    def to_dict(self) -> dict:
+        """The split entry of a stats document, with sufficient statistics for merging."""
+        has = self.count_ > 0
+        d = {
+            "images": self.images_,
+            "pixels": self.count_,
+            "shape": list(self.shape_) if self.shape_ is not None else None,
+            "global": self.global_stats(),
+            "per_channel": {
+                "count": [self.count_] * self.channels,
+                "mean": [float(v) for v in self.mean_] if has else [None] * self.channels,
+                "var": [float(v) for v in self.var_] if has else [None] * self.channels,
+                "std": [float(v) for v in self.std_] if has else [None] * self.channels,
+                "min": [_num(v) for v in self.min_] if has else [None] * self.channels,
+                "max": [_num(v) for v in self.max_] if has else [None] * self.channels,
+            },
+        }
+        if self.exact:
+            d["sums"] = {"kind": "exact", "dtype": self.dtype.name, "sum": list(self.sum_),
+                         "sum_sq": list(self.sum_sq_)}
+        else:
+            d["sums"] = {"kind": "chan", "dtype": self.dtype.name, "shift": [float(v) for v in self.shift_],
+                         "mean": [float(v) for v in self._mean], "m2": [float(v) for v in self.m2_]}
+        for key in ("mean", "std"):
+            if has:
+                d["global"][key] = float(d["global"][key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunningStats":
+        """Rebuild from a split entry written by :meth:`to_dict`."""
+        try:
+            sums = d["sums"]
+            pc = d["per_channel"]
+            channels = len(pc["mean"])
+            self = cls(channels, np.dtype(sums["dtype"]))
+            if self.exact != (sums["kind"] == "exact"):
+                raise StatsFileError(f"sums of kind {sums['kind']!r} do not fit dtype {sums['dtype']}")
+            self.images_ = int(d["images"])
+            self.count_ = int(d["pixels"])
+            self.shape_ = tuple(d["shape"]) if d.get("shape") else None
+            self._shape_seen = self.images_ > 0
+            if self.count_:
+                self.min_ = np.array(pc["min"], dtype=np.float64)
+                self.max_ = np.array(pc["max"], dtype=np.float64)
+            if self.exact:
+                self.sum_ = [int(v) for v in sums["sum"]]
+                self.sum_sq_ = [int(v) for v in sums["sum_sq"]]
+                lens = {len(self.sum_), len(self.sum_sq_)}
+            else:
+                self.shift_ = np.array(sums["shift"], dtype=np.float64)
+                self._mean = np.array(sums["mean"], dtype=np.float64)
+                self.m2_ = np.array(sums["m2"], dtype=np.float64)
+                lens = {len(self.shift_), len(self._mean), len(self.m2_)}
+            if lens != {channels}:
+                raise StatsFileError("per-channel lists have different lengths")
+            return self
+        except (KeyError, TypeError, ValueError) as e:
+            raise StatsFileError(f"malformed split statistics ({type(e).__name__}: {e})") from None
+
+
+def integer_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel sum and sum of squares of integer pixels.
+
+    Parameters
+    ----------
+    x : ndarray of shape (pixels, channels), integers of at most 16 bits
+
+    Returns
+    -------
+    sum, sum_sq : int64 ndarrays of shape (channels,)
+    """
+    if x.dtype.itemsize == 1:
+        sq = np.square(x, dtype=np.uint16 if x.dtype.kind in "ub" else np.int16)
+    else:
+        sq = np.square(x, dtype=np.uint32 if x.dtype.kind == "u" else np.int32)
+    return x.sum(axis=0, dtype=np.int64), sq.sum(axis=0, dtype=np.int64)
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else math.nan  # int / int is correctly rounded in Python
+
+
+def _exact_var(s: int, q: int, n: int) -> float:
+    if not n:
+        return math.nan
+    return float(Fraction(n * q - s * s, n * n))
+
+
+def _num(v):
+    """A JSON number: int for whole values, else float."""
+    v = float(v)
+    return int(v) if v.is_integer() else v
+
+
+# ------------------------------------------------------------ the document
+
+
+def stats_document(*, source: str, color: str, channels: int, max_value, splits: dict[str, RunningStats],
+                   fit_split: str, skipped: list | None = None, extra: dict | None = None) -> dict:
+    """Build the stats document (format ``imgnorm.stats``, version 1)."""
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": source,
+        "color": color,
+        "channels": channels,
+        "max_value": max_value,
+        "fit_split": fit_split,
+        "splits": {name: s.to_dict() for name, s in splits.items()},
+    }
+    if max_value:
+        for entry in doc["splits"].values():
+            pc = entry["per_channel"]
+            if pc["mean"][0] is not None:
+                # What torchvision's Normalize wants: statistics of x / max_value.
+                entry["unit_scale"] = {"mean": [m / max_value for m in pc["mean"]],
+                                       "std": [s / max_value for s in pc["std"]]}
+    if skipped:
+        doc["skipped"] = [{"file": f, "reason": r} for f, r in skipped]
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def split_stats(doc: dict, split: str | None = None) -> RunningStats:
+    """The :class:`RunningStats` of one split of a document (default: its fit split)."""
+    split = split or doc["fit_split"]
+    if split not in doc["splits"]:
+        raise StatsFileError(f"stats document has no split {split!r}; it has {', '.join(doc['splits'])}")
+    return RunningStats.from_dict(doc["splits"][split])
+
+
+def merge_documents(a: dict, b: dict) -> dict:
+    """The document of the union of two disjoint parts of a dataset, split by split."""
+    for key in ("channels", "max_value", "color"):
+        if a.get(key) != b.get(key):
+            raise StatsFileError(f"cannot merge stats documents with different {key}: {a.get(key)} vs {b.get(key)}")
+    merged = {}
+    for name in list(a["splits"]) + [n for n in b["splits"] if n not in a["splits"]]:
+        parts = [RunningStats.from_dict(d["splits"][name]) for d in (a, b) if name in d["splits"]]
+        total = parts[0]
+        for p in parts[1:]:
+            total.merge(p)
+        merged[name] = total
+    return stats_document(source=f"{a['source']} + {b['source']}", color=a["color"], channels=a["channels"],
+                          max_value=a["max_value"], splits=merged, fit_split=a["fit_split"])
+
+
+def read_stats_document(path: str | os.PathLike) -> dict:
+    """Read and check a stats document written by ``imgnorm stats -o``."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise StatsFileError(f"{path}: no such stats file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StatsFileError(f"{path}: not a JSON stats document ({e}); "
+                             "make one with `imgnorm stats SOURCE -o FILE`") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise StatsFileError(f"{path}: not an imgnorm stats document (no \"format\": \"{FORMAT}\"); "
+                             "make one with `imgnorm stats SOURCE -o FILE`")
+    if doc.get("version") != VERSION:
+        raise StatsFileError(f"{path}: stats document version {doc.get('version')!r}; this imgnorm "
+                             f"reads version {VERSION}. Re-run `imgnorm stats`")
+    try:
+        if not isinstance(doc["splits"], dict) or not doc["splits"] or doc["fit_split"] not in doc["splits"]:
+            raise KeyError("fit_split")
+        for name in doc["splits"]:
+            s = RunningStats.from_dict(doc["splits"][name])
+            if s.channels != doc["channels"]:
+                raise ValueError(f"split {name} has {s.channels} channels, document says {doc['channels']}")
+    except StatsFileError as e:
+        raise StatsFileError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise StatsFileError(f"{path}: malformed stats document ({type(e).__name__}: {e})") from None
+    return doc

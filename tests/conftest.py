@@ -1,0 +1,74 @@
+"""Tiny datasets made in tmp_path: JPEG folders and .npz files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_jpeg(path, rng, size=(12, 10), mode="RGB", quality=90):
+    """A small noisy image; returns the path."""
+    w, h = size
+    chans = {"RGB": 3, "L": 1, "CMYK": 4}[mode]
+    a = rng.integers(0, 256, (h, w, chans), dtype=np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(a[:, :, 0] if chans == 1 else a, mode).save(path, quality=quality)
+    return str(path)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def photo_folder(tmp_path, rng):
+    """train/ (3 classes, 4+3+5 images) and val/ (3 classes, 2 each), mixed sizes, 16x16 mostly."""
+    root = tmp_path / "photos"
+    counts = {"train": {"cat": 4, "dog": 3, "owl": 5}, "val": {"cat": 2, "dog": 2, "owl": 2}}
+    for split, classes in counts.items():
+        for cls, n in classes.items():
+            for i in range(n):
+                size = (16, 16) if (i + len(cls)) % 3 else (20, 14)
+                write_jpeg(root / split / cls / f"{cls}_{i:02d}.jpg", rng, size=size)
+    return root
+
+
+@pytest.fixture
+def same_size_folder(tmp_path, rng):
+    """train/ and test/ with two classes each; every image 16x12."""
+    root = tmp_path / "same"
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                write_jpeg(root / split / cls / f"{i}.jpg", rng, size=(16, 12))
+    return root
+
+
+def mnist_like(rng, n_train=50, n_test=20, h=8, w=8):
+    return {
+        "x_train": rng.integers(0, 256, (n_train, h, w), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, h, w), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+
+
+@pytest.fixture
+def mnist_npz(tmp_path, rng):
+    """An uncompressed .npz in the Keras mnist.npz layout; returns (path, arrays)."""
+    arrays = mnist_like(rng)
+    path = tmp_path / "mnist.npz"
+    np.savez(path, **arrays)
+    return path, arrays
+
+
+@pytest.fixture
+def mnist_npz_compressed(tmp_path, rng):
+    arrays = mnist_like(rng)
+    path = tmp_path / "mnist_c.npz"
+    np.savez_compressed(path, **arrays)
+    return path, arrays
