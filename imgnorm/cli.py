@@ -141,6 +141,134 @@ def _report_skipped(doc: dict):
         click.echo(f"skipped {s['file']}: {s['reason']}", err=True)
 
 
+def write_options(fn):
+    """Options of the three commands that write scaled HDF5."""
+    for decorator in reversed([
+        click.option("-o", "--output", metavar="OUT.h5", required=True, help="The HDF5 file to write."),
+        click.option("--per-channel", is_flag=True, help="Per-channel statistics instead of global ones."),
+        click.option("--per-image", is_flag=True,
+                     help="Sample-wise: each image uses its own statistics (default: feature-wise, "
+                          "the fit split's statistics for every split)."),
+        click.option("--fit-split", metavar="NAME",
+                     help="The split whose statistics are applied [default: train, else the only split]."),
+        click.option("--stats", "stats_file", metavar="FILE|imagenet",
+                     help="Apply a stats document from `imgnorm stats -o`, or ImageNet's RGB mean/std."),
+        click.option("--max-value", type=click.FloatRange(min=0, min_open=True),
+                     help="The pixel maximum, for float arrays [default: 255 for uint8, 65535 for uint16]."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "float64"]), default="float32",
+                     show_default=True, help="Output type."),
+        click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc", show_default=True,
+                     help="nhwc for Keras, nchw for PyTorch."),
+        click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
+                     show_default=True, help="HDF5 filter; gzip is readable everywhere, lzf only by h5py."),
+        click.option("--stats-out", metavar="FILE", help="Also write the stats document of the data."),
+        click.option("--force", is_flag=True, help="Replace OUT.h5 (and --stats-out FILE) if they exist."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def _run_transform(method, source, opts, **method_opts):
+    from .pipeline import transform_to_hdf5
+    from .sources import open_source
+    from .stats import read_stats_document
+
+    stats = opts.pop("stats_file")
+    if stats is not None and stats != "imagenet":
+        stats = read_stats_document(stats)
+    src = open_source(source, color=opts.pop("color"), size=opts.pop("size"))
+    split = opts.pop("split")
+    quiet = opts.pop("quiet")
+    result = transform_to_hdf5(src, opts.pop("output"), method, stats=stats, splits=[split] if split else None,
+                               show_progress=not quiet, **opts, **method_opts)
+    for w in result["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+    _report_skipped(result["stats"])
+    rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
+    if not quiet:
+        click.echo(f"wrote {result['output']}: {rows} images ({method})", err=True)
+
+
+@cli.command()
+@click.argument("source")
+@read_options
+@write_options
+@click.option("--minmax", is_flag=True, help="Map the fit split's min..max to 0..1 instead of dividing by the max.")
+@translate_errors
+def normalize(source, minmax, **opts):
+    """Scale pixels to [0, 1]: x / max_value (255 for uint8), or min-max.
+
+    \b
+    Examples:
+      imgnorm normalize mnist.npz -o mnist.h5
+      imgnorm normalize data/photos --size 224x224 -o photos.h5 --layout nchw
+    """
+    _run_transform("normalize", source, opts, minmax=minmax)
+
+
+@cli.command()
+@click.argument("source")
+@read_options
+@write_options
+@click.option("--unit", is_flag=True, help="Divide by max_value first: center on the 0-1 scale.")
+@translate_errors
+def center(source, unit, **opts):
+    """Subtract the mean (of the fit split, or of each image with --per-image).
+
+    \b
+    Examples:
+      imgnorm center mnist.npz -o mnist.h5 --unit
+      imgnorm center data/photos --size 64x64 --per-channel -o photos.h5
+    """
+    _run_transform("center", source, opts, unit=unit)
+
+
+@cli.command()
+@click.argument("source")
+@read_options
+@write_options
+@click.option("--clip-rescale", is_flag=True, help="Then clip to [-1, 1] and map to [0, 1] with (v + 1) / 2.")
+@click.option("--epsilon", type=float, default=0.0, show_default=True,
+              help="Add to the std (Keras' ImageDataGenerator adds 1e-6).")
+@translate_errors
+def standardize(source, clip_rescale, epsilon, **opts):
+    """Subtract the mean and divide by the std (a zero std gets scale 1).
+
+    \b
+    Examples:
+      imgnorm standardize mnist.npz -o mnist.h5
+      imgnorm standardize data/photos --size 224x224 --per-channel -o photos.h5
+      imgnorm standardize new_images/ --size 224x224 --stats train-stats.json -o new.h5
+      imgnorm standardize data/photos --size 224x224 --stats imagenet -o photos.h5
+    """
+    _run_transform("standardize", source, opts, clip_rescale=clip_rescale, epsilon=epsilon)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", metavar="FILE.png", help="Draw histograms of the stored values per split (HDF5 only).")
+@click.option("--color", type=click.Choice(["rgb", "gray", "keep"]), default=None,
+              help="For sources: how images would be read.")
+@click.option("--force", is_flag=True, help="Replace FILE.png if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@translate_errors
+def inspect(path, as_json, plot, color, force, quiet):
+    """Describe an imgnorm HDF5 file, a stats document or a source.
+
+    \b
+    Examples:
+      imgnorm inspect photos.h5
+      imgnorm inspect photos.h5 --plot hist.png
+      imgnorm inspect stats.json
+      imgnorm inspect data/photos --json
+    """
+    from .report import inspect_path
+
+    text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
+    click.echo(json.dumps(doc, indent=2) if as_json else text)
+
+
 def main():  # pragma: no cover - console entry for `python -m`
     cli(prog_name="imgnorm")
 

@@ -3,14 +3,17 @@ worker processes and progress bars."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
+import numpy as np
 from tqdm import tqdm
 
+from .errors import OptionError, SourceError, StatsFileError
 from .sources import Batch, FolderSplit, Source, Split
 from .stats import RunningStats, stats_document
 
@@ -120,3 +123,308 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int =
     fit = source.fit_split if source.fit_split in results else names[0]
     return stats_document(source=os.path.abspath(source.path), color=source.color, channels=source.channels,
                           max_value=source.max_value, splits=results, fit_split=fit, skipped=skipped)
+
+
+# ------------------------------------------------------------ writing HDF5
+
+
+def read_batches(split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                 on_error: str = "fail") -> Iterator[Batch]:
+    """The split's batches in order, decoded by ``workers`` processes for image folders."""
+    workers = workers or default_workers()
+    step = min(WORKER_CHUNK, batch_size) if workers > 1 and isinstance(split, FolderSplit) else batch_size
+    tasks = [(a, b, on_error) for a, b in _ranges(len(split), step)]
+    with _mapper(split, workers, len(tasks)) as imap:
+        yield from imap(_read_task, tasks)
+
+
+class PixelCache:
+    """Decoded pixels of one split kept on disk between the statistics pass and
+    the writing pass, so a JPEG is decoded once.  A raw file beside the output,
+    removed on close."""
+
+    def __init__(self, folder: str, image_shape: tuple[int, ...], dtype):
+        import tempfile
+
+        from .outputs import TMP_SUFFIX
+        fd, self.path = tempfile.mkstemp(prefix=".imgnorm-cache.", suffix=TMP_SUFFIX, dir=folder)
+        self._file = os.fdopen(fd, "wb")
+        self.image_shape = tuple(image_shape)
+        self.dtype = np.dtype(dtype)
+        self.n = 0
+        self.labels: list = []
+        self.files: list[str] = []
+
+    def append(self, batch: Batch) -> None:
+        self._file.write(np.ascontiguousarray(batch.images).tobytes())
+        self.n += len(batch)
+        if batch.labels is not None:
+            self.labels.append(batch.labels)
+        if batch.files is not None:
+            self.files.extend(batch.files)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        self._file.flush()
+        if self.n == 0:
+            return
+        x = np.memmap(self.path, self.dtype, "r", shape=(self.n,) + self.image_shape)
+        labels = np.concatenate(self.labels) if self.labels else None
+        for a in range(0, self.n, batch_size):
+            b = min(a + batch_size, self.n)
+            yield Batch(np.array(x[a:b]), labels[a:b] if labels is not None else None,
+                        self.files[a:b] if self.files else None, a)
+        del x
+
+    def close(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def image_shape(source: Source, split: Split, on_error: str = "fail") -> tuple[int, int, int]:
+    """The (height, width, channels) every image of ``split`` will have, read from headers.
+
+    Raises SourceError naming two files whose sizes differ, before anything is written.
+    """
+    if split.shape is not None:
+        return split.shape
+    size = getattr(split, "size", None)
+    if size is not None:
+        return (size[1], size[0], source.channels)
+    from .decode import probe
+    from .errors import ImageError
+    first = None
+    for f in split.files:
+        try:
+            info = probe(f)
+        except ImageError:
+            if on_error == "skip":
+                continue
+            raise
+        if first is None:
+            first = (f, info.width, info.height)
+        elif (info.width, info.height) != first[1:]:
+            raise SourceError(f"images differ in size: {first[0]} is {first[1]}x{first[2]}, {f} is "
+                              f"{info.width}x{info.height}; pass --size WxH to resize them all")
+    if first is None:
+        raise SourceError(f"{source.path}: no readable image in split {split.name}")
+    return (first[2], first[1], source.channels)
+
+
+def _check_options(method, *, per_channel, per_image, minmax, unit, clip_rescale, epsilon, stats, fit_split):
+    from .transforms import METHODS
+    if method not in METHODS:
+        raise OptionError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    for flag, ok, name in ((minmax, method == "normalize", "--minmax"), (unit, method == "center", "--unit"),
+                           (clip_rescale, method == "standardize", "--clip-rescale"),
+                           (epsilon, method == "standardize", "--epsilon")):
+        if flag and not ok:
+            raise OptionError(f"{name} does not apply to {method}", option=name)
+    if epsilon < 0:
+        raise OptionError(f"--epsilon must be >= 0, got {epsilon}", option="--epsilon")
+    if per_image and stats is not None:
+        raise OptionError("--per-image uses each image's own statistics; it cannot take --stats")
+    if per_image and fit_split is not None:
+        raise OptionError("--per-image uses each image's own statistics; it cannot take --fit-split")
+    if stats is not None and fit_split is not None:
+        raise OptionError("--stats applies saved statistics; it cannot take --fit-split")
+
+
+def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: bool = False,
+                      per_image: bool = False, minmax: bool = False, unit: bool = False,
+                      clip_rescale: bool = False, epsilon: float = 0.0, fit_split: str | None = None,
+                      stats: dict | str | None = None, max_value: float | None = None, dtype: str = "float32",
+                      layout: str = "nhwc", compression: str = "none", force: bool = False,
+                      stats_out: str | None = None, splits: list[str] | None = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, on_error: str = "fail",
+                      show_progress: bool = False) -> dict:
+    """Scale every split of ``source`` and write them to the HDF5 file ``output``.
+
+    Parameters
+    ----------
+    method : {"normalize", "center", "standardize"}
+    per_channel : bool
+        Per-channel statistics instead of global ones.
+    per_image : bool
+        Sample-wise: each image is scaled with its own statistics.
+    stats : dict or "imagenet", optional
+        A stats document to apply instead of fitting on ``fit_split``.
+    fit_split : str, optional
+        The split whose statistics are applied to every split (default:
+        ``train`` when present, else the only split).
+
+    Returns
+    -------
+    dict
+        ``rows`` per split, the ``stats`` document of the written data, the
+        ``applied`` document, ``warnings`` and ``skipped`` images.
+    """
+    from .outputs import atomic_output, check_output, write_json
+    from .report import channel_names
+    from .store import H5Writer, check_writable_dtype
+    from .transforms import Scaling, feature_scaling, imagenet_fit, need_max_value, per_image_scaled
+
+    _check_options(method, per_channel=per_channel, per_image=per_image, minmax=minmax, unit=unit,
+                   clip_rescale=clip_rescale, epsilon=epsilon, stats=stats, fit_split=fit_split)
+    out_dtype = check_writable_dtype(dtype)
+    check_output(output, force)
+    if stats_out:
+        check_output(stats_out, force)
+    names = [source.split(s).name for s in splits] if splits else list(source.splits)
+    fit_name = source.split(fit_split).name if fit_split else source.fit_split
+    max_value = max_value or source.max_value
+    cnames = channel_names(source.color, source.channels)
+    shapes = {name: image_shape(source, source.splits[name], on_error) for name in names}
+
+    def scaling_from(fit_entry, per_ch):
+        return feature_scaling(method, fit_entry, channels=source.channels, max_value=max_value,
+                               per_channel=per_ch, minmax=minmax, unit=unit, clip_rescale=clip_rescale,
+                               epsilon=epsilon, channel_names=cnames)
+
+    # What gets applied, decided before any pixel is read where possible.
+    scaling: Scaling | None = None
+    applied: dict | None = None
+    needs_fit = False
+    if per_image:
+        if method == "normalize" and not minmax or method == "center" and unit:
+            need_max_value(max_value)
+    elif stats == "imagenet":
+        scaling = scaling_from(imagenet_fit(source.channels, max_value), True)
+        applied = {"format": "imgnorm.stats", "version": 1, "source": "imagenet", "color": "rgb", "channels": 3,
+                   "max_value": max_value, "fit_split": "imagenet",
+                   "splits": {"imagenet": imagenet_fit(3, max_value)}}
+        per_channel = True
+    elif isinstance(stats, dict):
+        if stats["channels"] != source.channels:
+            raise StatsFileError(f"the stats document has {stats['channels']} channel(s), {source.path} has "
+                                 f"{source.channels}; compute statistics on data read the same way")
+        if stats.get("max_value") != source.max_value:
+            raise StatsFileError(f"the stats document is for pixels with max value {stats.get('max_value')}, "
+                                 f"{source.path} has {source.max_value}")
+        scaling = scaling_from(stats["splits"][stats["fit_split"]], per_channel)
+        applied = stats
+    elif method == "normalize" and not minmax:
+        scaling = scaling_from({}, per_channel)
+    else:
+        needs_fit = True
+    if out_dtype == np.float16:
+        _check_float16(scaling, method, unit, per_image, max_value, source)
+
+    results: dict[str, RunningStats] = {}
+    skipped: list = []
+    rows: dict[str, int] = {}
+    warnings: list[str] = []
+    folder = os.path.dirname(os.path.abspath(output))
+    with atomic_output(output, force) as tmp, ExitStack() as stack:
+        writer = H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression)
+        stack.callback(writer.close)
+        cache = None
+        if needs_fit:
+            split = source.splits[fit_name]
+            if fit_name not in shapes:
+                shapes[fit_name] = image_shape(source, split, on_error)
+            rs = RunningStats(source.channels, source.dtype)
+            if not getattr(split, "memory_mapped", False):
+                cache = PixelCache(folder, shapes[fit_name], source.dtype)
+                stack.callback(cache.close)
+            with progress(len(split), f"stats {fit_name}", show_progress) as bar:
+                for batch in read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error):
+                    x = _as_array(batch, shapes[fit_name])
+                    rs.update(x)
+                    skipped.extend(batch.skipped)
+                    if cache is not None:
+                        cache.append(Batch(x, batch.labels, batch.files, batch.start))
+                    bar.update(len(batch) + len(batch.skipped))
+            if rs.images_ == 0:
+                raise SourceError(f"{source.path}: no image of split {fit_name} could be read")
+            results[fit_name] = rs
+            scaling = scaling_from(rs.to_dict(), per_channel)
+            if out_dtype == np.float16:
+                _check_float16(scaling, method, unit, per_image, max_value, source)
+        if scaling is not None:
+            warnings.extend(f"{w} (statistics of {applied['fit_split'] if applied else fit_name})"
+                            for w in scaling.warnings)
+        n_flat = 0
+        for name in names:
+            split = source.splits[name]
+            labels_dtype = split.labels.dtype if split.labels is not None else None
+            writer.create_split(name, len(split), shapes[name], labels_dtype=labels_dtype,
+                                with_files=split.files is not None)
+            fresh = name not in results
+            rs = RunningStats(source.channels, source.dtype) if fresh else results[name]
+            if cache is not None and name == fit_name:
+                batches = cache.batches(batch_size)
+            else:
+                batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error)
+            with progress(len(split), f"write {name}", show_progress) as bar:
+                for batch in batches:
+                    x = _as_array(batch, shapes[name])
+                    if fresh:
+                        rs.update(x)
+                        skipped.extend(batch.skipped)
+                    if per_image:
+                        y, flat = per_image_scaled(x, method, max_value=max_value, per_channel=per_channel,
+                                                   minmax=minmax, unit=unit, clip_rescale=clip_rescale,
+                                                   epsilon=epsilon, dtype=out_dtype)
+                        n_flat += flat
+                    else:
+                        y = scaling.apply(x, out_dtype)
+                    writer.write(name, y, batch.labels, batch.files)
+                    bar.update(len(batch) + len(batch.skipped))
+            rows[name] = writer.finish_split(name)
+            results[name] = rs
+        if sum(rows.values()) == 0:
+            raise SourceError(f"{source.path}: no image could be read; nothing was written")
+        if n_flat:
+            warnings.append(f"{n_flat} image(s) had a zero {'std' if method == 'standardize' else 'spread'} "
+                            "in some channel; those channels got scale 1 (a blank image becomes zeros)")
+        doc = stats_document(source=os.path.abspath(source.path), color=source.color,
+                             channels=source.channels, max_value=max_value,
+                             splits={n: results[n] for n in names if n in results},
+                             fit_split=fit_name if fit_name in results else names[0], skipped=skipped)
+        options = {"per_channel": per_channel, "per_image": per_image, "minmax": minmax, "unit": unit,
+                   "clip_rescale": clip_rescale, "epsilon": epsilon, "fit_split": None if per_image else fit_name,
+                   "stats": "imagenet" if stats == "imagenet" else ("file" if stats else None),
+                   "max_value": max_value, "dtype": out_dtype.name, "layout": layout, "compression": compression,
+                   "color": source.color, "size": list(source.splits[names[0]].size)
+                   if getattr(source.splits[names[0]], "size", None) else None}
+        if scaling is not None and not per_image:
+            options["offset"] = scaling.offset.tolist()
+            options["scale"] = scaling.scale.tolist()
+        from . import __version__
+        writer.set_attrs(stats=json.dumps(applied or doc), class_names=source.class_names, method=method,
+                         options=options, source=os.path.abspath(source.path), imgnorm_version=__version__,
+                         skipped=[{"file": f, "reason": r} for f, r in skipped] if skipped else None)
+    if stats_out:
+        write_json(stats_out, doc, force)
+    return {"output": output, "rows": rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
+            "skipped": skipped}
+
+
+def _as_array(batch: Batch, shape: tuple[int, ...]) -> np.ndarray:
+    """The batch as one (n, height, width, channels) array of the expected shape."""
+    imgs = batch.images
+    if isinstance(imgs, np.ndarray) and imgs.shape[1:] == tuple(shape):
+        return imgs
+    for i, a in enumerate(imgs):
+        if a.shape != tuple(shape):
+            where = batch.files[i] if batch.files else f"image {batch.start + i}"
+            raise SourceError(f"{where} has shape {a.shape[1]}x{a.shape[0]}x{a.shape[2]}, expected "
+                              f"{shape[1]}x{shape[0]}x{shape[2]}; pass --size WxH to resize all images")
+    return np.stack(imgs) if len(imgs) else np.empty((0,) + tuple(shape), np.uint8)
+
+
+def _check_float16(scaling, method, unit, per_image, max_value, source):
+    top = float(max_value or 0) if source.dtype.kind in "ui" else None
+    if top is None:
+        return
+    if scaling is not None:
+        bound = scaling.bound(0.0, top)
+    elif per_image and method == "center" and not unit:
+        bound = top
+    else:
+        return
+    if bound > float(np.finfo(np.float16).max):
+        raise OptionError(f"values up to {bound:g} overflow float16; use --dtype float32", option="--dtype")

@@ -71,6 +71,11 @@ class Split:
         """(height, width, channels) when known to be shared by every image without reading."""
         return None
 
+    @property
+    def memory_mapped(self) -> bool:
+        """True when reading again costs no decoding or decompression."""
+        return False
+
 
 class Source:
     """A dataset: named splits plus what is known about its pixels."""
@@ -137,6 +142,7 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
         color = check_color(color or "rgb")
         split = FolderSplit("all", [path], None, color, size)
         channels, dtype = _probe_pixels(path, color)
+        split.pixels = (channels, dtype)
         return Source(path, {"all": split}, kind="image", color=color, channels=channels, dtype=dtype)
     raise SourceError(f"{path}: not a folder, an .npz/.npy file or an image "
                       f"({', '.join(IMAGE_EXTENSIONS)})")
@@ -155,6 +161,7 @@ class FolderSplit(Split):
         self.labels = labels
         self.color = color
         self.size = size
+        self.pixels: tuple[int, np.dtype] | None = None  # (channels, dtype) every image must have
 
     def __len__(self) -> int:
         return len(self.files)
@@ -167,7 +174,12 @@ class FolderSplit(Split):
         images, kept, skipped = [], [], []
         for i in range(start, stop):
             try:
-                images.append(decode(self.files[i], self.color, self.size))
+                a = decode(self.files[i], self.color, self.size)
+                if self.pixels is not None and (a.shape[2], a.dtype) != self.pixels:
+                    c, t = self.pixels
+                    raise ImageError(self.files[i], f"has {a.shape[2]} channel(s) of {a.dtype}, but the first "
+                                     f"image has {c} of {t}; read all alike with --color rgb or --color gray")
+                images.append(a)
                 kept.append(i)
             except ImageError as e:
                 if on_error != "skip":
@@ -287,6 +299,8 @@ def _open_folder(path: str, color: str, size: tuple[int, int] | None) -> Source:
                           f"{'; ' + str(len(skipped)) + ' other files skipped' if skipped else ''})")
     first = next(s.files[0] for s in splits.values() if len(s))
     channels, dtype = _probe_pixels(first, color)
+    for s in splits.values():
+        s.pixels = (channels, dtype)
     return Source(path, splits, kind="folder", class_names=class_names or None, color=color,
                   channels=channels, dtype=dtype, skipped=skipped)
 
@@ -447,6 +461,10 @@ class ArraySplit(Split):
     @property
     def where(self) -> str:
         return self._x.where
+
+    @property
+    def memory_mapped(self) -> bool:
+        return self._x._mmap is not None
 
     @property
     def shape(self):

@@ -1,0 +1,153 @@
+"""The HDF5 layout: one group per split, written into a temporary file that
+:func:`imgnorm.outputs.atomic_output` moves into place when complete.
+
+::
+
+    /<split>/x      (N, H, W, C) or (N, C, H, W) scaled images, chunked along N
+    /<split>/y      (N,) integer labels, where known
+    /<split>/files  (N,) source file of each row, for folder sources
+    root attributes: stats, class_names, method, options, source, imgnorm_version, skipped
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+
+from .errors import OptionError, SourceError
+
+COMPRESSIONS = ("none", "gzip", "lzf")
+LAYOUTS = ("nhwc", "nchw")
+CHUNK_BYTES = 1 << 20  # HDF5's chunk cache default; chunks of about 1 MiB read and write well
+
+
+class H5Writer:
+    """Writes splits batch by batch; every writer has this ``write()`` / ``close()`` shape."""
+
+    def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none"):
+        if layout not in LAYOUTS:
+            raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}", option="--layout")
+        if compression not in COMPRESSIONS:
+            raise OptionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
+                              option="--compression")
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.layout = layout
+        self.compression = compression
+        self.f = h5py.File(path, "w")
+        self._rows: dict[str, int] = {}
+
+    def _filters(self) -> dict:
+        if self.compression == "gzip":
+            # deflate + shuffle are built into every HDF5 library, so any reader opens the file
+            return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        if self.compression == "lzf":
+            return {"compression": "lzf", "shuffle": True}
+        return {}
+
+    def create_split(self, name: str, n: int, image_shape: tuple[int, int, int], *,
+                     labels_dtype=None, with_files: bool = False) -> None:
+        """Make ``/<name>/x`` for ``n`` images of shape (height, width, channels)."""
+        h, w, c = image_shape
+        row = (h, w, c) if self.layout == "nhwc" else (c, h, w)
+        per_image = max(1, h * w * c * self.dtype.itemsize)
+        chunk_n = max(1, min(n, CHUNK_BYTES // per_image)) if n else 1
+        g = self.f.create_group(name)
+        g.create_dataset("x", shape=(n,) + row, maxshape=(None,) + row, dtype=self.dtype,
+                         chunks=(chunk_n,) + row, **self._filters())
+        if labels_dtype is not None:
+            g.create_dataset("y", shape=(n,), maxshape=(None,), dtype=labels_dtype,
+                             chunks=(max(1, min(n, 65536)),))
+        if with_files:
+            g.create_dataset("files", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype(),
+                             chunks=(max(1, min(n, 4096)),))
+        self._rows[name] = 0
+
+    def write(self, name: str, x: np.ndarray, labels=None, files=None) -> None:
+        """Append a batch ``x`` of shape (n, height, width, channels), already scaled."""
+        g = self.f[name]
+        a = self._rows[name]
+        b = a + len(x)
+        if b > g["x"].shape[0]:
+            for key in ("x", "y", "files"):
+                if key in g:
+                    g[key].resize(b, axis=0)
+        g["x"][a:b] = x if self.layout == "nhwc" else x.transpose(0, 3, 1, 2)
+        if labels is not None and "y" in g:
+            g["y"][a:b] = labels
+        if files is not None and "files" in g:
+            g["files"][a:b] = files
+        self._rows[name] = b
+
+    def finish_split(self, name: str) -> int:
+        """Trim the split to the rows written (fewer when images were skipped)."""
+        g = self.f[name]
+        for key in ("x", "y", "files"):
+            if key in g and g[key].shape[0] != self._rows[name]:
+                g[key].resize(self._rows[name], axis=0)
+        return self._rows[name]
+
+    def set_attrs(self, **attrs) -> None:
+        for k, v in attrs.items():
+            if v is not None:
+                self.f.attrs[k] = v if isinstance(v, str) else json.dumps(v)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def read_h5_info(path: str | os.PathLike) -> dict:
+    """Splits, shapes, dtypes, chunking, compression, labels and attributes of an imgnorm HDF5 file."""
+    path = os.fspath(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise SourceError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        splits = {}
+        for name, g in f.items():
+            if not isinstance(g, h5py.Group) or "x" not in g:
+                continue
+            x = g["x"]
+            s = {"shape": list(x.shape), "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
+                 "compression": x.compression or "none"}
+            if "y" in g:
+                y = g["y"][...]
+                s["labels"] = {"dtype": str(y.dtype), "counts": {int(k): int(v) for k, v in
+                                                                  zip(*np.unique(y, return_counts=True))}}
+            if "files" in g:
+                s["files"] = int(g["files"].shape[0])
+            splits[name] = s
+    if "imgnorm_version" not in attrs:
+        raise SourceError(f"{path}: not written by imgnorm (no imgnorm_version attribute)")
+    return {"path": path, "attrs": attrs, "splits": splits}
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v.tolist() if hasattr(v, "tolist") else v
+
+
+def iter_stored(path: str, split: str, batch_size: int = 256):
+    """Yield ``/<split>/x`` in (n, ...) blocks, a few chunks at a time."""
+    with h5py.File(path, "r") as f:
+        x = f[split]["x"]
+        step = max(batch_size, x.chunks[0] if x.chunks else 1)
+        for i in range(0, x.shape[0], step):
+            yield x[i:i + step]
+
+
+def check_writable_dtype(dtype: str) -> np.dtype:
+    if dtype not in ("float32", "float16", "float64"):
+        raise OptionError(f"dtype {dtype!r} is not one of float32, float16, float64", option="--dtype")
+    return np.dtype(dtype)

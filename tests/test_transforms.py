@@ -1,0 +1,233 @@
+"""normalize / center / standardize to HDF5 against numpy on the stacked data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgnorm.errors import OptionError, OutputError, SourceError, StatsFileError
+from imgnorm.pipeline import transform_to_hdf5
+from imgnorm.sources import open_source
+from imgnorm.transforms import IMAGENET_MEAN, IMAGENET_STD, Scaling, per_image_scaled
+
+from conftest import write_jpeg
+
+
+def run(src_path, out, method, **kw):
+    return transform_to_hdf5(open_source(src_path, size=kw.pop("size", None)), str(out), method,
+                             workers=kw.pop("workers", 1), **kw)
+
+
+def stored(out, split, key="x"):
+    with h5py.File(out, "r") as f:
+        return f[split][key][...]
+
+
+def folder_pixels(files):
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]).astype(np.float64)
+
+
+def test_normalize_equals_x_over_255_exactly_in_float32(mnist_npz_compressed, tmp_path):
+    path, arrays = mnist_npz_compressed
+    out = tmp_path / "n.h5"
+    result = run(path, out, "normalize", batch_size=7)
+    for split in ("train", "test"):
+        x = arrays[f"x_{split}"][..., None]
+        np.testing.assert_array_equal(stored(out, split), x.astype(np.float32) / np.float32(255))
+        np.testing.assert_array_equal(stored(out, split, "y"), arrays[f"y_{split}"])
+    assert result["rows"] == {"train": 50, "test": 20}
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_standardize_is_feature_wise_on_the_train_split(same_size_folder, tmp_path, per_channel):
+    out = tmp_path / "s.h5"
+    src = open_source(same_size_folder)
+    transform_to_hdf5(src, str(out), "standardize", per_channel=per_channel, dtype="float64", workers=2,
+                      batch_size=5)
+    train = folder_pixels(src.splits["train"].files)
+    axes = (0, 1, 2) if per_channel else None
+    mean, std = train.mean(axis=axes), train.std(axis=axes)
+    for split in ("train", "test"):
+        x = folder_pixels(src.splits[split].files)
+        np.testing.assert_allclose(stored(out, split), (x - mean) / std, rtol=1e-12, atol=1e-12)
+    t = stored(out, "train")
+    np.testing.assert_allclose(t.mean(axis=axes), 0, atol=1e-12)
+    np.testing.assert_allclose(t.std(axis=axes), 1, rtol=1e-12)
+    assert stored(out, "test").mean() != pytest.approx(0, abs=1e-6)  # test stats were not used
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["class_names"]) == ["a", "b"]
+        assert f.attrs["method"] == "standardize"
+        stats = json.loads(f.attrs["stats"])
+        assert stats["fit_split"] == "train" and stats["format"] == "imgnorm.stats"
+        files = [s.decode() for s in f["train"]["files"][...]]
+        assert files == src.splits["train"].files
+        assert f["train"]["y"][...].tolist() == src.splits["train"].labels.tolist()
+
+
+def test_center_unit_and_fit_split(same_size_folder, tmp_path):
+    out = tmp_path / "c.h5"
+    src = open_source(same_size_folder)
+    transform_to_hdf5(src, str(out), "center", unit=True, fit_split="test", dtype="float64", workers=1)
+    mean = folder_pixels(src.splits["test"].files).mean()
+    x = folder_pixels(src.splits["train"].files)
+    np.testing.assert_allclose(stored(out, "train"), (x - mean) / 255, rtol=1e-12, atol=1e-14)
+
+
+def test_minmax_and_clip_rescale(mnist_npz, tmp_path):
+    path, arrays = mnist_npz
+    x = arrays["x_train"][..., None].astype(np.float64)
+    run(path, tmp_path / "m.h5", "normalize", minmax=True, dtype="float64")
+    np.testing.assert_allclose(stored(tmp_path / "m.h5", "train"), (x - x.min()) / (x.max() - x.min()))
+    run(path, tmp_path / "r.h5", "standardize", clip_rescale=True, dtype="float64")
+    v = np.clip((x - x.mean()) / x.std(), -1, 1)
+    np.testing.assert_allclose(stored(tmp_path / "r.h5", "train"), (v + 1) / 2, rtol=1e-12)
+
+
+def test_per_image_standardize_and_blank_image(tmp_path, rng):
+    x = rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
+    x[2] = 77  # a blank image
+    np.savez(tmp_path / "a.npz", x=x)
+    for per_channel in (False, True):
+        out = tmp_path / f"p{per_channel}.h5"
+        result = run(tmp_path / "a.npz", out, "standardize", per_image=True, per_channel=per_channel,
+                     dtype="float64", batch_size=4)
+        axes = (1, 2) if per_channel else (1, 2, 3)
+        xf = x.astype(np.float64)
+        m, s = xf.mean(axis=axes, keepdims=True), xf.std(axis=axes, keepdims=True)
+        want = (xf - m) / np.where(s == 0, 1, s)
+        np.testing.assert_allclose(stored(out, "all"), want, rtol=1e-12, atol=1e-12)
+        assert (stored(out, "all")[2] == 0).all()
+        assert "1 image(s) had a zero std" in result["warnings"][0]
+
+
+def test_epsilon_matches_keras_formula(mnist_npz, tmp_path):
+    path, arrays = mnist_npz
+    run(path, tmp_path / "e.h5", "standardize", epsilon=1e-6)
+    x = arrays["x_train"][..., None].astype(np.float64)
+    want = ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)
+    np.testing.assert_array_equal(stored(tmp_path / "e.h5", "train"), want)
+
+
+def test_zero_std_channel_gets_scale_one_and_a_warning(tmp_path, rng):
+    x = rng.integers(0, 256, (4, 3, 3, 2), dtype=np.uint8)
+    x[..., 1] = 9
+    np.savez(tmp_path / "z.npz", x=x)
+    result = run(tmp_path / "z.npz", tmp_path / "z.h5", "standardize", per_channel=True)
+    assert any("channel c1 has std 0" in w for w in result["warnings"])
+    assert (stored(tmp_path / "z.h5", "all")[..., 1] == 0).all()
+
+
+def test_stats_document_and_imagenet(same_size_folder, tmp_path):
+    src = open_source(same_size_folder)
+    first = transform_to_hdf5(src, str(tmp_path / "a.h5"), "standardize", per_channel=True,
+                              stats_out=str(tmp_path / "s.json"), workers=1)
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc == json.loads(json.dumps(first["stats"]))
+    transform_to_hdf5(src, str(tmp_path / "b.h5"), "standardize", per_channel=True, stats=doc, workers=1)
+    np.testing.assert_array_equal(stored(tmp_path / "a.h5", "test"), stored(tmp_path / "b.h5", "test"))
+    transform_to_hdf5(src, str(tmp_path / "i.h5"), "standardize", stats="imagenet", dtype="float64", workers=1)
+    x = folder_pixels(src.splits["test"].files)
+    want = (x - np.array(IMAGENET_MEAN) * 255) / (np.array(IMAGENET_STD) * 255)
+    np.testing.assert_allclose(stored(tmp_path / "i.h5", "test"), want, rtol=1e-12)
+    with pytest.raises(StatsFileError, match=r"3 channel\(s\), .* has 1"):
+        transform_to_hdf5(open_source(same_size_folder, color="gray"), str(tmp_path / "g.h5"), "standardize",
+                          stats=doc)
+    assert not (tmp_path / "g.h5").exists()
+
+
+def test_nchw_layout_gzip_and_dtypes(mnist_npz, tmp_path):
+    path, arrays = mnist_npz
+    x = np.random.default_rng(0).integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x=x)
+    run(tmp_path / "rgb.npz", tmp_path / "c.h5", "normalize", layout="nchw", compression="gzip", dtype="float16")
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        d = f["all"]["x"]
+        assert d.shape == (7, 3, 4, 5) and d.dtype == np.float16 and d.compression == "gzip"
+        np.testing.assert_array_equal(d[...], (x / 255).astype(np.float16).transpose(0, 3, 1, 2))
+        assert d.chunks[0] == 7
+
+
+def test_float16_overflow_is_refused(mnist_npz, tmp_path):
+    x = np.full((2, 2, 2), 65535, np.uint16)
+    np.savez(tmp_path / "w.npz", x=x)
+    with pytest.raises(OptionError, match="overflow float16"):
+        run(tmp_path / "w.npz", tmp_path / "w.h5", "center", dtype="float16")
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_different_sizes_need_size_and_nothing_is_written(photo_folder, tmp_path):
+    with pytest.raises(SourceError, match=r"images differ in size: .*cat_00\.jpg is 20x14, .*cat_01\.jpg is 16x16; pass --size WxH"):
+        run(photo_folder, tmp_path / "o.h5", "normalize")
+    assert os.listdir(tmp_path) == ["photos"]
+    run(photo_folder, tmp_path / "o.h5", "normalize", size=(10, 8))
+    assert stored(tmp_path / "o.h5", "train").shape == (12, 8, 10, 3)
+
+
+def test_decoded_once(photo_folder, tmp_path, monkeypatch):
+    import imgnorm.sources as sources
+    calls = []
+    real = sources.decode
+    monkeypatch.setattr(sources, "decode", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    src = open_source(photo_folder, size=(8, 8))
+    calls.clear()
+    transform_to_hdf5(src, str(tmp_path / "o.h5"), "standardize", workers=1)
+    assert sorted(calls) == sorted(src.splits["train"].files + src.splits["val"].files)
+    assert sorted(os.listdir(tmp_path)) == ["o.h5", "photos"]  # the pixel cache is gone
+
+
+def test_existing_output_untouched_and_force(mnist_npz, tmp_path):
+    out = tmp_path / "o.h5"
+    out.write_bytes(b"yesterday")
+    with pytest.raises(OutputError, match="exists; pass --force"):
+        run(mnist_npz[0], out, "normalize")
+    assert out.read_bytes() == b"yesterday"
+    run(mnist_npz[0], out, "normalize", force=True)
+    assert stored(out, "train").shape == (50, 8, 8, 1)
+
+
+def test_error_during_write_leaves_nothing(mnist_npz, tmp_path, monkeypatch):
+    import imgnorm.store as store
+    def boom(self, *a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(store.H5Writer, "write", boom)
+    out = tmp_path / "o.h5"
+    out.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        run(mnist_npz[0], out, "standardize", force=True)
+    assert out.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["mnist.npz", "o.h5"]
+
+
+@pytest.mark.parametrize("kw, text", [
+    ({"unit": True, "method": "standardize"}, "--unit does not apply"),
+    ({"minmax": True, "method": "center"}, "--minmax does not apply"),
+    ({"per_image": True, "stats": "imagenet"}, "cannot take --stats"),
+    ({"epsilon": -1.0}, "--epsilon must be"),
+    ({"fit_split": "nope"}, "no split 'nope'"),
+])
+def test_conflicting_options(mnist_npz, tmp_path, kw, text):
+    method = kw.pop("method", "standardize")
+    with pytest.raises(OptionError, match=text):
+        run(mnist_npz[0], tmp_path / "o.h5", method, **kw)
+
+
+def test_float_source_needs_max_value(tmp_path):
+    np.savez(tmp_path / "f.npz", x=np.ones((2, 2, 2), np.float32))
+    with pytest.raises(OptionError, match="--max-value"):
+        run(tmp_path / "f.npz", tmp_path / "o.h5", "normalize")
+    run(tmp_path / "f.npz", tmp_path / "o.h5", "normalize", max_value=2.0)
+    assert (stored(tmp_path / "o.h5", "all") == 0.5).all()
+
+
+def test_scaling_and_per_image_functions_directly(rng):
+    x = rng.integers(0, 256, (3, 2, 2, 3), dtype=np.uint8)
+    s = Scaling(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 8.0]))
+    np.testing.assert_array_equal(s.apply(x, "float64"), (x - np.array([1, 2, 3])) / np.array([2, 4, 8]))
+    y, flat = per_image_scaled(x, "center", max_value=255, per_channel=False, dtype="float64")
+    np.testing.assert_allclose(y, x - x.reshape(3, -1).mean(axis=1)[:, None, None, None])
+    assert flat == 0
