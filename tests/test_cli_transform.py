@@ -55,7 +55,7 @@ def test_stats_file_round_trip(runner, same_size_folder, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, text", [
-    (["--unit"], 2, "No such option: --unit"),
+    (["--unit"], 2, "No such option '--unit'"),
     (["--per-image", "--fit-split", "train"], 2, "cannot take --fit-split"),
     (["--per-image", "--stats", "imagenet"], 2, "cannot take --stats"),
     (["--dtype", "int8"], 2, "'int8' is not one of"),
