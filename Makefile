@@ -25,6 +25,9 @@ demo: $(VENV)/.installed
 	$(BIN)/python benchmarks/datasets.py demo
 	$(BIN)/imgnorm stats demo/digits.npz
 	$(BIN)/imgnorm stats demo/shapes -o demo/shapes-stats.json
+	$(BIN)/imgnorm standardize demo/digits.npz -o demo/digits.h5
+	$(BIN)/imgnorm standardize demo/shapes --size 64x64 --per-channel -o demo/shapes.h5 --stats-out demo/shapes-fit.json
+	$(BIN)/imgnorm inspect demo/shapes.h5 --plot demo/shapes-hist.png
 
 bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -76,6 +76,23 @@ def probe(path: str) -> ImageInfo:
         return ImageInfo(im.width, im.height, im.mode, im.format)
 
 
+def _rawmodes(im: Image.Image) -> list[str]:
+    out = []
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+        if isinstance(raw, str):
+            out.append(raw)
+    return out
+
+
+def _check_depth(im: Image.Image, path: str) -> None:
+    """Refuse colour images stored with 16 bits per sample: Pillow reads them as 8."""
+    if im.mode not in _WIDE_MODES and any(";16" in r for r in _rawmodes(im)):
+        raise ImageError(path, f"16-bit {im.mode} image; Pillow can only read it as 8 bits, which would drop "
+                         "precision. Convert it to 8-bit, or to 16-bit grayscale, first")
+
+
 def _to_array(im: Image.Image, color: str, path: str) -> np.ndarray:
     mode = im.mode
     if mode in _WIDE_MODES:
@@ -131,6 +148,7 @@ def decode(path: str, color: str = "rgb", size: tuple[int, int] | None = None) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            _check_depth(im, path)
             if size is not None and im.format == "JPEG":
                 im.draft("L" if color == "gray" else im.mode, size)
             im.load()

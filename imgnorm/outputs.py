@@ -53,8 +53,14 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[str]
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno is not None:
-            what = "disk full" if e.errno == errno.ENOSPC else e.strerror
+        if isinstance(e, OSError):
+            text = str(e)
+            if e.errno == errno.ENOSPC or "No space left" in text:
+                what = "disk full"
+            elif e.errno == errno.EFBIG or "File too large" in text:
+                what = "file too large for this file system or limit"
+            else:
+                what = e.strerror or text.splitlines()[0] if text else type(e).__name__
             raise OutputError(f"{path}: cannot write ({what}); nothing was written") from None
         raise
 

@@ -120,6 +120,9 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int =
         results[name], sk = split_stats_pass(source, source.splits[name], batch_size=batch_size,
                                              workers=workers, on_error=on_error, show_progress=show_progress)
         skipped.extend(sk)
+        if results[name].images_ == 0 and len(source.splits[name]):
+            raise SourceError(f"{source.path}: no image of split {name} could be read "
+                              f"({len(sk)} skipped, first: {sk[0][0]}: {sk[0][1]})")
     fit = source.fit_split if source.fit_split in results else names[0]
     return stats_document(source=os.path.abspath(source.path), color=source.color, channels=source.channels,
                           max_value=source.max_value, splits=results, fit_split=fit, skipped=skipped)
@@ -318,8 +321,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
     warnings: list[str] = []
     folder = os.path.dirname(os.path.abspath(output))
     with atomic_output(output, force) as tmp, ExitStack() as stack:
-        writer = H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression)
-        stack.callback(writer.close)
+        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression))
         cache = None
         if needs_fit:
             split = source.splits[fit_name]

@@ -141,7 +141,7 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
     if lower.endswith(IMAGE_EXTENSIONS):
         color = check_color(color or "rgb")
         split = FolderSplit("all", [path], None, color, size)
-        channels, dtype = _probe_pixels(path, color)
+        channels, dtype = _probe_pixels([path], color)
         split.pixels = (channels, dtype)
         return Source(path, {"all": split}, kind="image", color=color, channels=channels, dtype=dtype)
     raise SourceError(f"{path}: not a folder, an .npz/.npy file or an image "
@@ -297,24 +297,24 @@ def _open_folder(path: str, color: str, size: tuple[int, int] | None) -> Source:
     if n_images == 0:
         raise SourceError(f"{path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
                           f"{'; ' + str(len(skipped)) + ' other files skipped' if skipped else ''})")
-    first = next(s.files[0] for s in splits.values() if len(s))
-    channels, dtype = _probe_pixels(first, color)
+    channels, dtype = _probe_pixels([f for s in splits.values() for f in s.files], color)
     for s in splits.values():
         s.pixels = (channels, dtype)
     return Source(path, splits, kind="folder", class_names=class_names or None, color=color,
                   channels=channels, dtype=dtype, skipped=skipped)
 
 
-def _probe_pixels(path: str, color: str) -> tuple[int, np.dtype]:
-    """Channels and dtype that decoding with ``color`` gives, from the first image."""
+def _probe_pixels(files: list[str], color: str) -> tuple[int, np.dtype]:
+    """Channels and dtype that decoding with ``color`` gives, from the first readable image."""
     if color == "rgb":
         return 3, np.dtype(np.uint8)
-    try:
-        a = decode(path, color)
-    except ImageError:
-        # An unreadable first file: reading will report it (or skip it).
-        return (1 if color == "gray" else 3), np.dtype(np.uint8)
-    return a.shape[2], a.dtype
+    for path in files[:100]:
+        try:
+            a = decode(path, color)
+            return a.shape[2], a.dtype
+        except ImageError:
+            continue  # reading will report it (or skip it)
+    return (1 if color == "gray" else 3), np.dtype(np.uint8)
 
 
 # ---------------------------------------------------------------- arrays
@@ -338,12 +338,14 @@ class _NpyMember:
             if member is None:
                 with open(path, "rb") as f:
                     self.shape, self.fortran, self.dtype, self._header_len = _read_npy_header(f, self.where)
+                _check_data_size(self, os.path.getsize(path) - self._header_len)
                 self._mmap = self._map(0)
             else:
                 with zipfile.ZipFile(path) as zf:
                     info = zf.getinfo(member)
                     with zf.open(info) as f:
                         self.shape, self.fortran, self.dtype, self._header_len = _read_npy_header(f, self.where)
+                _check_data_size(self, info.file_size - self._header_len)
                 self._compressed = info.compress_type != zipfile.ZIP_STORED
                 self._mmap = None if self._compressed else self._map(_data_offset(path, info))
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as e:
@@ -407,6 +409,15 @@ class _NpyMember:
 
     def load_all(self) -> np.ndarray:
         return self.read(0, len(self)) if self.shape else np.array(self._mmap)
+
+
+def _check_data_size(member: "_NpyMember", nbytes: int) -> None:
+    """A header whose shape does not fit the stored bytes is corruption: refuse it
+    before allocating anything of that shape."""
+    want = int(np.prod(member.shape, dtype=object)) * member.dtype.itemsize
+    if want != nbytes:
+        raise SourceError(f"{member.where}: header says shape {member.shape} of {member.dtype} "
+                          f"({want} bytes) but {nbytes} bytes are stored; the file is corrupt")
 
 
 def _skip(stream, nbytes: int):

@@ -39,6 +39,10 @@ class H5Writer:
         self.compression = compression
         self.f = h5py.File(path, "w")
         self._rows: dict[str, int] = {}
+        # Dataset handles stay open for the whole write: reopening them per batch
+        # makes HDF5 flush and close on every batch, and after a failed write
+        # (disk full) that close path can crash the HDF5 library.
+        self._ds: dict[str, dict[str, h5py.Dataset]] = {}
 
     def _filters(self) -> dict:
         if self.compression == "gzip":
@@ -56,38 +60,37 @@ class H5Writer:
         per_image = max(1, h * w * c * self.dtype.itemsize)
         chunk_n = max(1, min(n, CHUNK_BYTES // per_image)) if n else 1
         g = self.f.create_group(name)
-        g.create_dataset("x", shape=(n,) + row, maxshape=(None,) + row, dtype=self.dtype,
-                         chunks=(chunk_n,) + row, **self._filters())
+        ds = {"x": g.create_dataset("x", shape=(n,) + row, maxshape=(None,) + row, dtype=self.dtype,
+                                    chunks=(chunk_n,) + row, **self._filters())}
         if labels_dtype is not None:
-            g.create_dataset("y", shape=(n,), maxshape=(None,), dtype=labels_dtype,
-                             chunks=(max(1, min(n, 65536)),))
+            ds["y"] = g.create_dataset("y", shape=(n,), maxshape=(None,), dtype=labels_dtype,
+                                       chunks=(max(1, min(n, 65536)),))
         if with_files:
-            g.create_dataset("files", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype(),
-                             chunks=(max(1, min(n, 4096)),))
+            ds["files"] = g.create_dataset("files", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype(),
+                                           chunks=(max(1, min(n, 4096)),))
+        self._ds[name] = ds
         self._rows[name] = 0
 
     def write(self, name: str, x: np.ndarray, labels=None, files=None) -> None:
         """Append a batch ``x`` of shape (n, height, width, channels), already scaled."""
-        g = self.f[name]
+        ds = self._ds[name]
         a = self._rows[name]
         b = a + len(x)
-        if b > g["x"].shape[0]:
-            for key in ("x", "y", "files"):
-                if key in g:
-                    g[key].resize(b, axis=0)
-        g["x"][a:b] = x if self.layout == "nhwc" else x.transpose(0, 3, 1, 2)
-        if labels is not None and "y" in g:
-            g["y"][a:b] = labels
-        if files is not None and "files" in g:
-            g["files"][a:b] = files
+        if b > ds["x"].shape[0]:
+            for d in ds.values():
+                d.resize(b, axis=0)
+        ds["x"][a:b] = x if self.layout == "nhwc" else x.transpose(0, 3, 1, 2)
+        if labels is not None and "y" in ds:
+            ds["y"][a:b] = labels
+        if files is not None and "files" in ds:
+            ds["files"][a:b] = files
         self._rows[name] = b
 
     def finish_split(self, name: str) -> int:
         """Trim the split to the rows written (fewer when images were skipped)."""
-        g = self.f[name]
-        for key in ("x", "y", "files"):
-            if key in g and g[key].shape[0] != self._rows[name]:
-                g[key].resize(self._rows[name], axis=0)
+        for d in self._ds[name].values():
+            if d.shape[0] != self._rows[name]:
+                d.resize(self._rows[name], axis=0)
         return self._rows[name]
 
     def set_attrs(self, **attrs) -> None:
@@ -96,7 +99,29 @@ class H5Writer:
                 self.f.attrs[k] = v if isinstance(v, str) else json.dumps(v)
 
     def close(self) -> None:
-        self.f.close()
+        """Flush and close; a failure (disk full on the last flush) is an OSError."""
+        self._ds.clear()
+        try:
+            self.f.close()
+        except (OSError, RuntimeError) as e:  # h5py reports a failed flush on close as RuntimeError
+            raise OSError(f"closing the HDF5 file failed: {e}") from None
+
+    def abort(self) -> None:
+        """Close after an error, ignoring what HDF5 says: the file is being thrown away."""
+        self._ds.clear()
+        try:
+            self.f.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "H5Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def read_h5_info(path: str | os.PathLike) -> dict:
