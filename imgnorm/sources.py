@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -320,6 +321,19 @@ def _probe_pixels(files: list[str], color: str) -> tuple[int, np.dtype]:
 # ---------------------------------------------------------------- arrays
 
 
+# What zipfile, zlib and numpy's header parser raise on damaged files: an
+# unsupported or garbled compression method (NotImplementedError), an
+# "encrypted" flag bit (RuntimeError), bad deflate data (zlib.error), bad
+# header text (ValueError, SyntaxError), cut-off data (EOFError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, SyntaxError, struct.error,
+               zlib.error, NotImplementedError, RuntimeError, KeyError, OverflowError, MemoryError, TypeError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 class _NpyMember:
     """One ``.npy`` array inside an ``.npz`` (or a bare ``.npy``), read in row slices.
 
@@ -334,6 +348,7 @@ class _NpyMember:
         self._stream = None
         self._zip = None
         self._next_row = 0
+        self._crc: tuple[int, int, int] | None = None  # (running crc, next row, expected crc)
         try:
             if member is None:
                 with open(path, "rb") as f:
@@ -348,8 +363,14 @@ class _NpyMember:
                 _check_data_size(self, info.file_size - self._header_len)
                 self._compressed = info.compress_type != zipfile.ZIP_STORED
                 self._mmap = None if self._compressed else self._map(_data_offset(path, info))
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as e:
-            raise SourceError(f"{self.where}: corrupt or unreadable array ({e})") from None
+                if self._mmap is not None and not self.fortran:
+                    # Memory-mapped reads bypass zipfile's CRC check, so front-to-back
+                    # reads keep a running CRC, compared when the last row is read.
+                    with open(path, "rb") as f:
+                        f.seek(_data_offset(path, info))
+                        self._crc = (zlib.crc32(f.read(self._header_len)), 0, info.CRC)
+        except _ZIP_ERRORS as e:
+            raise SourceError(f"{self.where}: corrupt or unreadable array ({_first_line(e)})") from None
 
     def _map(self, offset: int):
         n = int(np.prod(self.shape, dtype=np.int64))
@@ -369,9 +390,15 @@ class _NpyMember:
         """Rows ``start:stop`` as an in-memory array."""
         if self._mmap is not None:
             try:
-                return np.array(self._mmap[start:stop])
+                out = np.array(self._mmap[start:stop])
             except OSError as e:
                 raise SourceError(f"{self.where}: cannot read ({e})") from None
+            if self._crc is not None and self._crc[1] == start:
+                crc = zlib.crc32(out, self._crc[0])
+                self._crc = (crc, stop, self._crc[2])
+                if stop == len(self) and crc != self._crc[2]:
+                    raise SourceError(f"{self.where}: corrupt array data (CRC mismatch); the file is damaged")
+            return out
         if self.fortran:
             raise SourceError(f"{self.where}: a compressed Fortran-ordered array cannot be streamed; "
                               "re-save it with np.ascontiguousarray")
@@ -395,11 +422,13 @@ class _NpyMember:
                 got += n
             self._next_row = stop
             if stop == len(self):
+                if self._stream.read(1):  # reading to the end makes zipfile check the CRC
+                    raise SourceError(f"{self.where}: more data than the header's shape; the file is corrupt")
                 self._close_stream()
             return out
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        except _ZIP_ERRORS as e:
             self._close_stream()
-            raise SourceError(f"{self.where}: corrupt array data ({e})") from None
+            raise SourceError(f"{self.where}: corrupt array data ({_first_line(e)})") from None
 
     def _close_stream(self):
         if self._stream is not None:
@@ -502,8 +531,8 @@ def _open_array_file(path: str, color: str | None) -> Source:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = [n for n in zf.namelist() if n.endswith(".npy")]
-        except (zipfile.BadZipFile, OSError) as e:
-            raise SourceError(f"{path}: not a valid .npz file ({e})") from None
+        except _ZIP_ERRORS as e:
+            raise SourceError(f"{path}: not a valid .npz file ({_first_line(e)})") from None
         keys = {n[:-4]: n for n in names}
         pairs: dict[str, tuple[str, str | None]] = {}
         for k in sorted(keys):
