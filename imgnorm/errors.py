@@ -19,6 +19,9 @@ class ImageError(SourceError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self):  # travels from decoding workers to the parent
+        return (type(self), (self.path, self.reason))
+
 
 class StatsFileError(ImgnormError):
     """A stats document is malformed, of another version or does not fit the data."""
@@ -34,3 +37,6 @@ class OptionError(ImgnormError):
     def __init__(self, message: str, option: str | None = None):
         super().__init__(message)
         self.option = option
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.option))

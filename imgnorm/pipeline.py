@@ -36,14 +36,9 @@ def progress(total: int, desc: str, show: bool):
                 disable=not show or not sys.stderr.isatty(), dynamic_ncols=True)
 
 
-# Worker processes get the split once, through the pool initializer, instead
-# of with every task.
+# Worker processes inherit the split when they fork, instead of receiving it
+# with every task.
 _WORKER_SPLIT: Split | None = None
-
-
-def _init_worker(split: Split):
-    global _WORKER_SPLIT
-    _WORKER_SPLIT = split
 
 
 def _stats_task(args) -> tuple[RunningStats, list]:
@@ -57,22 +52,113 @@ def _read_task(args) -> Batch:
     return _WORKER_SPLIT.read(start, stop, on_error)
 
 
+def _worker_main(split: Split, conn) -> None:
+    """Run tasks from ``conn`` until told to stop or the parent goes away."""
+    global _WORKER_SPLIT
+    import signal
+    # Ctrl-C reaches the whole process group: the parent handles it and kills
+    # the workers, so they stay quiet instead of printing tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _WORKER_SPLIT = split
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        fn, args = msg
+        try:
+            reply = (True, fn(args))
+        except Exception as e:  # sent back and raised in the parent
+            reply = (False, e)
+        try:
+            conn.send(reply)
+        except Exception as e:  # an exception that does not pickle
+            conn.send((False, RuntimeError(f"{type(e).__name__}: {e}")))
+
+
+class WorkerPool:
+    """Decoding processes with one pipe each and results in task order.
+
+    Unlike ``multiprocessing.Pool`` there are no locks shared between
+    processes, so killing the workers on Ctrl-C or an error can never
+    deadlock the parent: task k goes to worker k mod n, and each worker has
+    at most ``depth`` tasks queued.
+    """
+
+    def __init__(self, split: Split, n: int, depth: int = 2):
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+        self.depth = depth
+        self.conns, self.procs = [], []
+        try:
+            for _ in range(n):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=_worker_main, args=(split, child), daemon=True)
+                p.start()
+                child.close()
+                self.conns.append(parent)
+                self.procs.append(p)
+        except BaseException:
+            self.kill()
+            raise
+
+    def imap(self, fn, tasks) -> Iterator:
+        tasks = list(tasks)
+        n = len(self.conns)
+        sent = 0
+        for k in range(len(tasks)):
+            while sent < len(tasks) and sent < k + n * self.depth:
+                self.conns[sent % n].send((fn, tasks[sent]))
+                sent += 1
+            try:
+                ok, result = self.conns[k % n].recv()
+            except EOFError:
+                raise RuntimeError("a decoding worker process died (out of memory?); "
+                                   "try fewer --workers or a smaller --batch-size") from None
+            if not ok:
+                raise result
+            yield result
+
+    def close(self) -> None:
+        for c in self.conns:
+            try:
+                c.send(None)
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(timeout=5)
+        self.kill()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p in self.procs:
+            p.join()
+        for c in self.conns:
+            c.close()
+        self.procs, self.conns = [], []
+
+
 @contextmanager
 def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
-    """An ordered ``map`` over tasks: a process pool for image folders, else in-process."""
+    """An ordered ``map`` over tasks: worker processes for image folders, else in-process."""
+    global _WORKER_SPLIT
     if workers > 1 and isinstance(split, FolderSplit) and n_tasks > 1:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        pool = ctx.Pool(min(workers, n_tasks), initializer=_init_worker, initargs=(split,))
+        pool = WorkerPool(split, min(workers, n_tasks))
         try:
-            yield lambda fn, tasks: pool.imap(fn, tasks)
-        finally:
-            pool.terminate()
-            pool.join()
+            yield pool.imap
+        except BaseException:
+            pool.kill()
+            raise
+        else:
+            pool.close()
     else:
-        def serial(fn, tasks):
-            _init_worker(split)
-            return map(fn, tasks)
-        yield serial
+        _WORKER_SPLIT = split
+        yield lambda fn, tasks: map(fn, tasks)
 
 
 def _ranges(n: int, step: int) -> list[tuple[int, int]]:

@@ -181,9 +181,10 @@ def folder_with_one_bad(tmp_path, rng):
     return root
 
 
-def test_bad_image_fails_with_one_line(runner, tmp_path, rng):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bad_image_fails_with_one_line(runner, tmp_path, rng, workers):
     root = folder_with_one_bad(tmp_path, rng)
-    r = runner.invoke(cli, ["stats", str(root), "--workers", "1"])
+    r = runner.invoke(cli, ["stats", str(root), "--workers", workers, "--batch-size", "1"])
     assert r.exit_code == 1
     assert r.output.startswith(f"Error: {root / 'c' / '1.jpg'}: not a readable image") and r.output.count("\n") == 1
 

@@ -37,7 +37,7 @@ def test_signal_during_write_leaves_nothing(big_npz, tmp_path, sig):
     out = tmp_path / "out.h5"
     out.write_bytes(b"yesterday's good output")
     proc = start(["standardize", str(big_npz), "-o", str(out), "--force", "--dtype", "float64",
-                  "--batch-size", "32", "-q"])
+                  "--batch-size", "32", "--compression", "gzip", "-q"])
     deadline = time.monotonic() + 30
     while not any(p.endswith(".imgnorm-tmp") for p in os.listdir(tmp_path)):
         assert proc.poll() is None, proc.communicate()
@@ -64,3 +64,27 @@ def test_write_failing_half_way_leaves_nothing(big_npz, tmp_path):
     assert proc.returncode == 1
     assert err.startswith(f"Error: {out}: cannot write (") and err.count("\n") == 1, err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_ctrl_c_to_the_process_group_with_workers(tmp_path):
+    """Ctrl-C in a terminal signals every process: workers must not print tracebacks."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(120):
+        d = tmp_path / "data" / f"c{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    out = tmp_path / "out.h5"
+    proc = start(["standardize", str(tmp_path / "data"), "-o", str(out), "--workers", "2", "--dtype", "float64",
+                  "--compression", "gzip", "-q"], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not any(p.endswith(".imgnorm-tmp") for p in os.listdir(tmp_path)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["data"]
