@@ -101,20 +101,21 @@ class RunningStats:
         self.images_ += n_images
         if n == 0:
             return
-        self.min_ = np.minimum(self.min_, x.min(axis=0))
-        self.max_ = np.maximum(self.max_, x.max(axis=0))
         if self.exact:
-            s, q = integer_sums(x)
-            self.sum_ = [a + int(b) for a, b in zip(self.sum_, s)]
-            self.sum_sq_ = [a + int(b) for a, b in zip(self.sum_sq_, q)]
+            s, q, lo, hi = integer_channel_stats(x)
+            self.sum_ = [a + b for a, b in zip(self.sum_, s)]
+            self.sum_sq_ = [a + b for a, b in zip(self.sum_sq_, q)]
             self.count_ += n
         else:
+            lo, hi = x.min(axis=0), x.max(axis=0)
             if self.count_ == 0:
                 self.shift_ = x[0].astype(np.float64)
             xf = x.astype(np.float64) - self.shift_
             new_mean = xf.mean(axis=0)
             new_m2 = ((xf - new_mean) ** 2).sum(axis=0)
             self._chan_merge(n, new_mean, new_m2)
+        self.min_ = np.minimum(self.min_, lo)
+        self.max_ = np.maximum(self.max_, hi)
 
     def _chan_merge(self, new_n: int, new_mean: np.ndarray, new_m2: np.ndarray):
         # Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise
@@ -250,8 +251,16 @@ class RunningStats:
             raise StatsFileError(f"malformed split statistics ({type(e).__name__}: {e})") from None
 
 
-def integer_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-channel sum and sum of squares of integer pixels.
+try:  # the optional C accelerator (see _kernels.c); the numpy path gives identical results
+    from ._kernels import u8_stats as _u8_stats
+except ImportError:  # pragma: no cover - built without a C compiler
+    _u8_stats = None
+if os.environ.get("IMGNORM_NO_KERNELS"):
+    _u8_stats = None
+
+
+def integer_channel_stats(x: np.ndarray) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+    """Exact per-channel sum, sum of squares, min and max of integer pixels.
 
     Parameters
     ----------
@@ -259,13 +268,38 @@ def integer_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns
     -------
-    sum, sum_sq : int64 ndarrays of shape (channels,)
+    sum, sum_sq : lists of Python ints, length channels
+    min, max : ndarrays of shape (channels,)
     """
-    if x.dtype.itemsize == 1:
-        sq = np.square(x, dtype=np.uint16 if x.dtype.kind in "ub" else np.int16)
-    else:
-        sq = np.square(x, dtype=np.uint32 if x.dtype.kind == "u" else np.int32)
-    return x.sum(axis=0, dtype=np.int64), sq.sum(axis=0, dtype=np.int64)
+    c = x.shape[1]
+    if _u8_stats is not None and x.dtype == np.uint8 and c <= 4 and x.flags.c_contiguous:
+        s, q, lo, hi = _u8_stats(x, c)
+        return s, q, np.array(lo), np.array(hi)
+    return _numpy_channel_stats(x)
+
+
+# Row width of the numpy path: whole pixels, long enough that reducing rows
+# runs as contiguous vector adds instead of a strided loop per channel.
+_ROW = 3 * 4 * 256
+
+
+def _numpy_channel_stats(x: np.ndarray):
+    c = x.shape[1]
+    flat = np.ascontiguousarray(x).reshape(-1)
+    width = _ROW - _ROW % c
+    main = flat.size - flat.size % width
+    sq_dtype = (np.uint16 if x.dtype.kind in "ub" else np.int16) if x.dtype.itemsize == 1 else (
+        np.uint32 if x.dtype.kind == "u" else np.int32)
+    rows = flat[:main].reshape(-1, width)
+    tail = flat[main:].reshape(-1, c)
+    s = np.add.reduce(rows, axis=0, dtype=np.int64).reshape(-1, c).sum(axis=0)
+    q = np.add.reduce(np.square(rows, dtype=sq_dtype), axis=0, dtype=np.int64).reshape(-1, c).sum(axis=0)
+    s = s + tail.sum(axis=0, dtype=np.int64)
+    q = q + np.square(tail, dtype=sq_dtype).sum(axis=0, dtype=np.int64)
+    parts = [p for p in (rows, tail) if p.size]
+    lo = np.min([np.minimum.reduce(p, axis=0).reshape(-1, c).min(axis=0) for p in parts], axis=0)
+    hi = np.max([np.maximum.reduce(p, axis=0).reshape(-1, c).max(axis=0) for p in parts], axis=0)
+    return [int(v) for v in s], [int(v) for v in q], lo, hi
 
 
 def _ratio(a: int, b: int) -> float:

@@ -136,3 +136,25 @@ def test_read_stats_document_rejects_bad_files(tmp_path):
             read_stats_document(p)
     with pytest.raises(StatsFileError, match="no such"):
         read_stats_document(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("pixels", [1, 5, 1023, 4096, 70001])
+def test_c_kernel_equals_numpy_path_exactly(rng, channels, pixels):
+    from imgnorm import stats
+    assert stats._u8_stats is not None, "imgnorm._kernels was not built (needs a C compiler)"
+    x = rng.integers(0, 256, (pixels, channels), dtype=np.uint8)
+    fast = stats.integer_channel_stats(x)
+    slow = stats._numpy_channel_stats(x)
+    exact = x.astype(object)
+    want = ([int(v) for v in exact.sum(axis=0)], [int(v) for v in (exact ** 2).sum(axis=0)])
+    assert (fast[0], fast[1]) == (slow[0], slow[1]) == want
+    np.testing.assert_array_equal(fast[2], slow[2])
+    np.testing.assert_array_equal(fast[3], x.max(axis=0))
+
+
+def test_c_kernel_flushes_before_its_lanes_overflow():
+    from imgnorm import stats
+    x = np.full((16 * 65536 * 3 + 7, 1), 255, np.uint8)  # past one flush period of the 32-bit lanes
+    s, q, lo, hi = stats.integer_channel_stats(x)
+    assert s == [255 * len(x)] and q == [255 * 255 * len(x)]
