@@ -75,8 +75,9 @@ def read_options(fn):
         click.option("--split", "split", metavar="NAME", default=None, help="Only this split."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Decoding processes for image folders [default: all cores]."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-                     help="Images held in memory at once, per worker."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Images held in memory at once, per worker [default: 64 images from a "
+                          "folder, about 8 MiB of pixels from an array]."),
         click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
                      help="On an unreadable image: stop, or leave it out and report it."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),

@@ -55,7 +55,9 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[str]
             pass
         if isinstance(e, OSError):
             text = str(e)
-            if e.errno == errno.ENOSPC or "No space left" in text:
+            if e.strerror and e.strerror.startswith(("not enough disk space", "over the file size limit")):
+                what = e.strerror  # from the up-front space reservation: it says how much is needed
+            elif e.errno == errno.ENOSPC or "No space left" in text:
                 what = "disk full"
             elif e.errno == errno.EFBIG or "File too large" in text:
                 what = "file too large for this file system or limit"

@@ -17,7 +17,12 @@ from .errors import OptionError, SourceError, StatsFileError
 from .sources import Batch, FolderSplit, Source, Split
 from .stats import RunningStats, stats_document
 
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
+# Automatic batches: this many images from a folder, or about this many bytes
+# of pixels from an array (MNIST-sized images are tiny; batches of 64 would
+# spend their time in per-call overhead).
+FOLDER_BATCH = 64
+ARRAY_BATCH_BYTES = 8 << 20
 # Images per task sent to a decoding worker: small enough to balance two
 # cores over a few hundred files, large enough that task overhead is noise.
 WORKER_CHUNK = 16
@@ -161,6 +166,17 @@ def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
         yield lambda fn, tasks: map(fn, tasks)
 
 
+def batch_rows(split: Split, batch_size: int | None) -> int:
+    """Images per batch: ``batch_size`` if given, else chosen from the image size."""
+    if batch_size:
+        return batch_size
+    shape = split.shape
+    if shape is None or isinstance(split, FolderSplit):
+        return FOLDER_BATCH
+    row = int(np.prod(shape)) * max(1, getattr(split, "itemsize", 1))
+    return max(1, ARRAY_BATCH_BYTES // max(1, row))
+
+
 def _ranges(n: int, step: int) -> list[tuple[int, int]]:
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
@@ -170,6 +186,7 @@ def split_stats_pass(source: Source, split: Split, *, batch_size: int = DEFAULT_
                      show_progress: bool = False) -> tuple[RunningStats, list]:
     """One streaming pass over a split: its :class:`RunningStats` and the files skipped."""
     workers = workers or default_workers()
+    batch_size = batch_rows(split, batch_size)
     step = WORKER_CHUNK if workers > 1 and isinstance(split, FolderSplit) else batch_size
     step = min(step, batch_size)
     tasks = [(a, b, source.channels, source.dtype, on_error) for a, b in _ranges(len(split), step)]
@@ -221,6 +238,7 @@ def read_batches(split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE, workers:
                  on_error: str = "fail") -> Iterator[Batch]:
     """The split's batches in order, decoded by ``workers`` processes for image folders."""
     workers = workers or default_workers()
+    batch_size = batch_rows(split, batch_size)
     step = min(WORKER_CHUNK, batch_size) if workers > 1 and isinstance(split, FolderSplit) else batch_size
     tasks = [(a, b, on_error) for a, b in _ranges(len(split), step)]
     with _mapper(split, workers, len(tasks)) as imap:
@@ -407,7 +425,8 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
     warnings: list[str] = []
     folder = os.path.dirname(os.path.abspath(output))
     with atomic_output(output, force) as tmp, ExitStack() as stack:
-        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression))
+        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
+                                              reserve_bytes=_output_bound(source, names, shapes, out_dtype)))
         cache = None
         if needs_fit:
             split = source.splits[fit_name]
@@ -443,7 +462,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             fresh = name not in results
             rs = RunningStats(source.channels, source.dtype) if fresh else results[name]
             if cache is not None and name == fit_name:
-                batches = cache.batches(batch_size)
+                batches = cache.batches(batch_rows(split, batch_size))
             else:
                 batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error)
             with progress(len(split), f"write {name}", show_progress) as bar:
@@ -489,6 +508,18 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
         write_json(stats_out, doc, force)
     return {"output": output, "rows": rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
             "skipped": skipped}
+
+
+def _output_bound(source: Source, names: list[str], shapes: dict, out_dtype: np.dtype) -> int:
+    """An upper bound of the HDF5 file's size: uncompressed data, labels, file
+    names, plus room for HDF5's indexes and the attributes."""
+    total = 4 << 20
+    for name in names:
+        split = source.splits[name]
+        total += len(split) * int(np.prod(shapes[name])) * out_dtype.itemsize
+        total += len(split) * 8 if split.labels is not None else 0
+        total += sum(len(f.encode()) + 64 for f in split.files) if split.files is not None else 0
+    return total + total // 50
 
 
 def _as_array(batch: Batch, shape: tuple[int, ...]) -> np.ndarray:

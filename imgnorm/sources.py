@@ -507,6 +507,10 @@ class ArraySplit(Split):
         return self._x._mmap is not None
 
     @property
+    def itemsize(self) -> int:
+        return self._x.dtype.itemsize
+
+    @property
     def shape(self):
         s = self._x.row_shape
         return s + (1,) if self._add_channel else s

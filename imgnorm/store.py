@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -22,12 +24,14 @@ from .errors import OptionError, SourceError
 COMPRESSIONS = ("none", "gzip", "lzf")
 LAYOUTS = ("nhwc", "nchw")
 CHUNK_BYTES = 1 << 20  # HDF5's chunk cache default; chunks of about 1 MiB read and write well
+CHUNK_CACHE_BYTES = 32 << 20
 
 
 class H5Writer:
     """Writes splits batch by batch; every writer has this ``write()`` / ``close()`` shape."""
 
-    def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none"):
+    def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none",
+                 reserve_bytes: int = 0):
         if layout not in LAYOUTS:
             raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}", option="--layout")
         if compression not in COMPRESSIONS:
@@ -37,12 +41,19 @@ class H5Writer:
         self.dtype = np.dtype(dtype)
         self.layout = layout
         self.compression = compression
-        self.f = h5py.File(path, "w")
-        self._rows: dict[str, int] = {}
-        # Dataset handles stay open for the whole write: reopening them per batch
-        # makes HDF5 flush and close on every batch, and after a failed write
-        # (disk full) that close path can crash the HDF5 library.
+        # A chunk cache of several chunks: batches rarely end on a chunk
+        # boundary, and a chunk evicted half-written is written twice.
         self._ds: dict[str, dict[str, h5py.Dataset]] = {}
+        self._rows: dict[str, int] = {}
+        self.f = h5py.File(path, "w", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_w0=1.0, rdcc_nslots=10007)
+        if reserve_bytes:
+            try:
+                reserve(path, reserve_bytes)
+            except BaseException:
+                self.abort()
+                raise
+        # Dataset handles (self._ds) stay open for the whole write: reopening
+        # them per batch makes HDF5 flush and close on every batch.
 
     def _filters(self) -> dict:
         if self.compression == "gzip":
@@ -105,6 +116,7 @@ class H5Writer:
             self.f.close()
         except (OSError, RuntimeError) as e:  # h5py reports a failed flush on close as RuntimeError
             raise OSError(f"closing the HDF5 file failed: {e}") from None
+        trim_to_eoa(self.path)
 
     def abort(self) -> None:
         """Close after an error, ignoring what HDF5 says: the file is being thrown away."""
@@ -122,6 +134,57 @@ class H5Writer:
             self.close()
         else:
             self.abort()
+
+
+def reserve(path: str, nbytes: int) -> None:
+    """Allocate disk blocks for the whole output before HDF5 writes any data.
+
+    A full disk then fails here, at once and cleanly, instead of inside HDF5
+    after hours of work: HDF5 (1.14 and 2.0 alike) can crash the process at
+    exit once a write has failed with dirty chunks in its cache.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG):
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            why = ("not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit")
+            raise OSError(e.errno, f"{why}: the output needs up to {_human(nbytes)}, "
+                                   f"{_human(free)} free") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: go on unreserved
+            raise
+    finally:
+        os.close(fd)
+
+
+def trim_to_eoa(path: str) -> None:
+    """Cut the file back to HDF5's end-of-file address, dropping unused reserved space.
+
+    The address is read from the superblock (HDF5 file format specification,
+    "Superblock"): version 0/1 at byte 40, versions 2/3 at byte 28, 8-byte offsets.
+    """
+    with open(path, "rb+") as f:
+        head = f.read(48)
+        if head[:8] != b"\x89HDF\r\n\x1a\n":
+            return
+        version = head[8]
+        if head[13 if version in (0, 1) else 9] != 8:
+            return  # offsets of another size: leave the file as it is
+        at = 40 if version in (0, 1) else 28
+        if version == 1:
+            at += 4  # version 1 adds indexed-storage K and a reserved field
+        eoa = int.from_bytes(head[at:at + 8], "little")
+        if 0 < eoa < os.fstat(f.fileno()).st_size:
+            f.truncate(eoa)
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def read_h5_info(path: str | os.PathLike) -> dict:

@@ -40,6 +40,7 @@ class Scaling:
     scale: np.ndarray
     clip_rescale: bool = False
     warnings: list[str] = field(default_factory=list)
+    _luts: dict = field(default_factory=dict, repr=False, compare=False)
 
     def apply(self, x: np.ndarray, dtype="float32") -> np.ndarray:
         """Scale a batch.
@@ -53,12 +54,34 @@ class Scaling:
         -------
         ndarray of shape (n, height, width, channels) and the given dtype.
         """
+        dtype = np.dtype(dtype)
+        if x.dtype in (np.uint8, np.uint16) and x.size > (1 << 16):
+            # 8- and 16-bit pixels take few values: compute each once and look
+            # them up.  The table holds exactly what the direct formula gives.
+            lut = self._table(x.dtype, dtype)
+            if x.shape[-1] == 1:
+                return np.take(lut[:, 0], x)
+            out = np.empty(x.shape, dtype)
+            for c in range(x.shape[-1]):
+                np.take(lut[:, c], x[..., c], out=out[..., c])
+            return out
+        return self._direct(x, dtype)
+
+    def _direct(self, x: np.ndarray, dtype) -> np.ndarray:
         y = (x.astype(np.float64) - self.offset) / self.scale
         if self.clip_rescale:
             np.clip(y, -1.0, 1.0, out=y)
             y += 1.0
             y /= 2.0
         return y.astype(dtype, copy=False)
+
+    def _table(self, in_dtype: np.dtype, dtype: np.dtype) -> np.ndarray:
+        """(levels, channels) table of the scaled value of every pixel level."""
+        key = (np.dtype(in_dtype), dtype)
+        if key not in self._luts:
+            levels = np.arange(np.iinfo(in_dtype).max + 1, dtype=in_dtype)
+            self._luts[key] = self._direct(levels[:, None], dtype)
+        return self._luts[key]
 
     def bound(self, lo: float, hi: float) -> float:
         """The largest absolute output for inputs in [lo, hi]."""

@@ -62,8 +62,32 @@ def test_write_failing_half_way_leaves_nothing(big_npz, tmp_path):
     proc = start(["normalize", str(big_npz), "-o", str(out), "-q"], preexec_fn=limit)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert err.startswith(f"Error: {out}: cannot write (") and err.count("\n") == 1, err
+    # the space is reserved up front, so this fails before any pixel is written
+    assert err.startswith(f"Error: {out}: cannot write (over the file size limit: the output needs up to ")
+    assert err.count("\n") == 1, err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_disk_full_while_caching_pixels_leaves_nothing(tmp_path, monkeypatch, rng):
+    """The pixel cache beside OUT fills the disk: a clean error, nothing left."""
+    import errno
+
+    from imgnorm import pipeline
+    from imgnorm.errors import OutputError
+    from imgnorm.sources import open_source
+    from conftest import write_jpeg
+
+    for i in range(4):
+        write_jpeg(tmp_path / "d" / f"{i}.jpg", rng)
+
+    def full(self, batch):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline.PixelCache, "append", full)
+    out = tmp_path / "out.h5"
+    with pytest.raises(OutputError, match="cannot write \\(disk full\\)"):
+        pipeline.transform_to_hdf5(open_source(tmp_path / "d"), str(out), "standardize", workers=1)
+    assert sorted(os.listdir(tmp_path)) == ["d"]
 
 
 def test_ctrl_c_to_the_process_group_with_workers(tmp_path):

@@ -231,3 +231,16 @@ def test_scaling_and_per_image_functions_directly(rng):
     y, flat = per_image_scaled(x, "center", max_value=255, per_channel=False, dtype="float64")
     np.testing.assert_allclose(y, x - x.reshape(3, -1).mean(axis=1)[:, None, None, None])
     assert flat == 0
+
+
+@pytest.mark.parametrize("in_dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("out", ["float32", "float16", "float64"])
+def test_lookup_table_path_equals_the_direct_formula(rng, in_dtype, channels, clip, out):
+    top = np.iinfo(in_dtype).max
+    x = rng.integers(0, top + 1, (40, 50, 40, channels)).astype(in_dtype)  # large enough for the table path
+    s = Scaling(rng.uniform(0, top, channels), rng.uniform(1, top / 3, channels), clip_rescale=clip)
+    fast = s.apply(x, out)
+    assert fast.dtype == np.dtype(out) and fast.shape == x.shape
+    np.testing.assert_array_equal(fast, s._direct(x, np.dtype(out)))

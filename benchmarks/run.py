@@ -1,0 +1,209 @@
+"""Side-by-side benchmarks: imgnorm against its peers, as whole processes, in turn.
+
+Builds its own inputs in .bench/ (no downloads): an MNIST-shaped .npz and
+folders of symlinked copies of the shared real photos. Each round runs
+imgnorm and every peer once (alternating who goes first); the table gives the
+median wall time, the median peak RSS (the whole process tree, sampled every
+5 ms from /proc) and the median of the per-round time ratios.
+
+    python benchmarks/run.py --photos ../shared/data/photos [--rounds 3] [--only mnist,stats,resize,memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from datasets import make_digits_npz, make_photo_copies  # noqa: E402
+
+PY = sys.executable
+IMGNORM = [PY, "-m", "imgnorm"]
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in KiB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    return total
+
+
+def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]:
+    """Run ``cmd``; return wall seconds, peak tree RSS in MiB and stdout."""
+    for path in cleanup:
+        if os.path.exists(path):
+            os.remove(path)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_kib(proc.pid))
+        time.sleep(0.005)
+    wall = time.perf_counter() - t0
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+    return wall, peak / 1024, out
+
+
+def run_case(name: str, runs: dict[str, tuple[list[str], list[str]]], rounds: int) -> dict:
+    """runs: label -> (command, files to delete before each run). The first label is imgnorm."""
+    labels = list(runs)
+    times = {k: [] for k in labels}
+    rss = {k: [] for k in labels}
+    outputs = {}
+    for r in range(rounds):
+        order = labels if r % 2 == 0 else labels[::-1]
+        for label in order:
+            wall, peak, out = measure(*runs[label])
+            times[label].append(wall)
+            rss[label].append(peak)
+            outputs[label] = out
+            print(f"  {name:8} round {r + 1}: {label:34} {wall:7.2f} s {peak:8.0f} MiB", flush=True)
+    me = labels[0]
+    rows = []
+    for label in labels:
+        ratios = [a / b for a, b in zip(times[me], times[label])]
+        rows.append({"case": name, "run": label, "time_s": statistics.median(times[label]),
+                     "rss_mib": statistics.median(rss[label]),
+                     "time_ratio": statistics.median(ratios) if label != me else None,
+                     "rss_ratio": statistics.median(rss[me]) / statistics.median(rss[label]) if label != me else None})
+    return {"rows": rows, "outputs": outputs}
+
+
+def h5_max_diff(a: str, b: str) -> float:
+    import h5py
+    import numpy as np
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        return max(float(np.abs(fa[s]["x"][...].astype(np.float64) - fb[s]["x"][...].astype(np.float64)).max())
+                   for s in ("train", "test") if s in fa and s in fb)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "photos"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--copies", type=int, default=10, help="photo copies in the 1x folder")
+    ap.add_argument("--only", default="mnist,stats,resize,memory")
+    ap.add_argument("--workdir", default=os.path.join(ROOT, ".bench"))
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    w = a.workdir
+    os.makedirs(w, exist_ok=True)
+    workers = str(len(os.sched_getaffinity(0)))
+
+    mnist = os.path.join(w, "mnist.npz")
+    if not os.path.exists(mnist):
+        print("making an MNIST-shaped .npz (60000 + 10000 drawn digits)...", flush=True)
+        make_digits_npz(mnist)
+    photos1 = make_photo_copies(a.photos, os.path.join(w, f"photos{a.copies}"), a.copies)
+    photos10 = make_photo_copies(a.photos, os.path.join(w, f"photos{a.copies * 10}"), a.copies * 10)
+
+    results, notes = [], []
+    o = lambda name: os.path.join(w, name)  # noqa: E731
+    if "mnist" in only:
+        res = run_case("mnist", {
+            "imgnorm standardize": (IMGNORM + ["standardize", mnist, "-o", o("i.h5"), "-q"], [o("i.h5")]),
+            "numpy + h5py script": ([PY, f"{HERE}/peers/mnist_numpy.py", mnist, o("n.h5")], [o("n.h5")]),
+            "Keras ImageDataGenerator": ([PY, f"{HERE}/peers/mnist_keras.py", mnist, o("k.h5")], [o("k.h5")]),
+        }, a.rounds)
+        results += res["rows"]
+        notes.append(f"MNIST: max |imgnorm - numpy script| = {h5_max_diff(o('i.h5'), o('n.h5')):.3g}, "
+                     f"max |imgnorm - Keras| = {h5_max_diff(o('i.h5'), o('k.h5')):.3g} (float32 outputs)")
+    if "stats" in only:
+        res = run_case("stats", {
+            "imgnorm stats": (IMGNORM + ["stats", photos1, "--json", "-q"], []),
+            "Pillow + numpy loop": ([PY, f"{HERE}/peers/folder_pillow_stats.py", photos1], []),
+            f"decode only, imgnorm decoder, {workers} proc": (
+                [PY, f"{HERE}/peers/folder_decode_only.py", photos1, workers, "imgnorm"], []),
+            f"decode only, Pillow, {workers} proc": (
+                [PY, f"{HERE}/peers/folder_decode_only.py", photos1, workers, "pillow"], []),
+        }, a.rounds)
+        results += res["rows"]
+        mine = json.loads(res["outputs"]["imgnorm stats"])["splits"]
+        peer = json.loads(res["outputs"]["Pillow + numpy loop"])
+        worst = max(abs(mine[s]["per_channel"][k][c] - peer[s][k][c]) / abs(peer[s][k][c])
+                    for s in peer for k in ("mean", "std") for c in range(3))
+        notes.append(f"stats: largest relative difference from the Pillow loop's float64 sums: {worst:.2g}")
+    if "resize" in only:
+        res = run_case("resize", {
+            "imgnorm standardize --size 224x224": (
+                IMGNORM + ["standardize", photos1, "--size", "224x224", "--per-channel", "-o", o("r.h5"), "-q"],
+                [o("r.h5")]),
+            "Pillow resize loop + h5py": (
+                [PY, f"{HERE}/peers/folder_pillow_standardize.py", photos1, o("p.h5"), "224"], [o("p.h5")]),
+        }, a.rounds)
+        results += res["rows"]
+    if "memory" in only:
+        for cmd, label in ((["stats", "--json", "-q"], "stats"),
+                           (["standardize", "--size", "64x64", "-q", "--force", "-o", o("m.h5")], "standardize 64x64")):
+            mem = {}
+            for scale, folder in (("1x", photos1), ("10x", photos10)):
+                args = IMGNORM + [cmd[0], folder] + cmd[1:]
+                runs = [measure(args) for _ in range(max(1, a.rounds - 1))]
+                mem[scale] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+                print(f"  memory  {label} {scale}: {mem[scale][0]:.2f} s {mem[scale][1]:.0f} MiB", flush=True)
+            results.append({"case": "memory", "run": f"imgnorm {label}, 10x vs 1x data",
+                            "time_s": mem["10x"][0], "rss_mib": mem["10x"][1],
+                            "time_ratio": mem["10x"][0] / mem["1x"][0], "rss_ratio": mem["10x"][1] / mem["1x"][1]})
+        if os.path.exists(o("m.h5")):
+            os.remove(o("m.h5"))
+
+    n1 = sum(1 for _ in _images(photos1))
+    lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"{_cpu_model()}; Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}",
+             f"Inputs: MNIST-shaped .npz (60000 + 10000 28x28 uint8, savez_compressed); photo folder 1x = "
+             f"{n1} JPEGs ({a.copies} symlinked copies of the 240 shared photos), 10x = {n1 * 10}.",
+             "", "| case | run | median time | median peak RSS | imgnorm time / this | imgnorm RSS / this |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        tr = f"{r['time_ratio']:.2f}" if r["time_ratio"] is not None else ""
+        rr = f"{r['rss_ratio']:.2f}" if r["rss_ratio"] is not None else ""
+        lines.append(f"| {r['case']} | {r['run']} | {r['time_s']:.2f} s | {r['rss_mib']:.0f} MiB | {tr} | {rr} |")
+    lines += ["", "(memory rows: the ratios are 10x run / 1x run)", ""] + [f"- {n}" for n in notes]
+    text = "\n".join(lines)
+    print("\n" + text)
+    with open(os.path.join(w, "results.md"), "w") as f:
+        f.write(text + "\n")
+
+
+def _images(root):
+    for dirpath, _, names in os.walk(root, followlinks=True):
+        for n in names:
+            if n.lower().endswith(".jpg"):
+                yield n
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
