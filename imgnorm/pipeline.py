@@ -22,7 +22,7 @@ DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
 # of pixels from an array (MNIST-sized images are tiny; batches of 64 would
 # spend their time in per-call overhead).
 FOLDER_BATCH = 64
-ARRAY_BATCH_BYTES = 8 << 20
+ARRAY_BATCH_BYTES = 2 << 20
 # Images per task sent to a decoding worker: small enough to balance two
 # cores over a few hundred files, large enough that task overhead is noise.
 WORKER_CHUNK = 16
@@ -437,8 +437,8 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
                 cache = PixelCache(folder, shapes[fit_name], source.dtype)
                 stack.callback(cache.close)
             with progress(len(split), f"stats {fit_name}", show_progress) as bar:
-                for batch in read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error):
-                    x = _as_array(batch, shapes[fit_name])
+                fit_batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error)
+                for batch, x in ahead(fit_batches, lambda b: (b, _as_array(b, shapes[fit_name]))):
                     rs.update(x)
                     skipped.extend(batch.skipped)
                     if cache is not None:
@@ -465,19 +465,22 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
                 batches = cache.batches(batch_rows(split, batch_size))
             else:
                 batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error)
+            def scale(batch, shape=shapes[name]):
+                x = _as_array(batch, shape)
+                if per_image:
+                    return batch, x, *per_image_scaled(x, method, max_value=max_value, per_channel=per_channel,
+                                                       minmax=minmax, unit=unit, clip_rescale=clip_rescale,
+                                                       epsilon=epsilon, dtype=out_dtype)
+                return batch, x, scaling.apply(x, out_dtype), 0
+
             with progress(len(split), f"write {name}", show_progress) as bar:
-                for batch in batches:
-                    x = _as_array(batch, shapes[name])
+                # Reading and scaling run one batch ahead in a thread (zlib,
+                # libjpeg and numpy release the GIL) while this one writes.
+                for batch, x, y, flat in ahead(batches, scale):
                     if fresh:
                         rs.update(x)
                         skipped.extend(batch.skipped)
-                    if per_image:
-                        y, flat = per_image_scaled(x, method, max_value=max_value, per_channel=per_channel,
-                                                   minmax=minmax, unit=unit, clip_rescale=clip_rescale,
-                                                   epsilon=epsilon, dtype=out_dtype)
-                        n_flat += flat
-                    else:
-                        y = scaling.apply(x, out_dtype)
+                    n_flat += flat
                     writer.write(name, y, batch.labels, batch.files)
                     bar.update(len(batch) + len(batch.skipped))
             rows[name] = writer.finish_split(name)
@@ -508,6 +511,59 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
         write_json(stats_out, doc, force)
     return {"output": output, "rows": rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
             "skipped": skipped}
+
+
+def ahead(items: Iterator, fn: Callable, depth: int = 2) -> Iterator:
+    """``fn(item)`` for each item, computed in a background thread up to
+    ``depth`` items ahead of the consumer, in order.
+
+    Exceptions in the thread are raised here; if the consumer stops early
+    (an error, Ctrl-C) the thread stops too and closes ``items``.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(v) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(v, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        it = iter(items)
+        try:
+            for item in it:
+                if stop.is_set() or not put((True, fn(item))):
+                    break
+            else:
+                put((True, done))
+        except BaseException as e:  # handed to the consumer
+            put((False, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=work, name="imgnorm-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, v = q.get()
+            if not ok:
+                raise v
+            if v is done:
+                return
+            yield v
+    finally:
+        stop.set()
+        t.join()
 
 
 def _output_bound(source: Source, names: list[str], shapes: dict, out_dtype: np.dtype) -> int:
