@@ -47,14 +47,18 @@ _WORKER_SPLIT: Split | None = None
 
 
 def _stats_task(args) -> tuple[RunningStats, list]:
+    """Statistics of images start:stop; the pixels themselves stay in the worker."""
     start, stop, channels, dtype, on_error = args
-    batch = _WORKER_SPLIT.read(start, stop, on_error)
-    return RunningStats(channels, dtype).update(batch.images), batch.skipped
+    rs = RunningStats(channels, dtype)
+    batch = _WORKER_SPLIT.read(start, stop, on_error, visit=rs.update, keep=False)
+    return rs, batch.skipped
 
 
-def _read_task(args) -> Batch:
-    start, stop, on_error = args
-    return _WORKER_SPLIT.read(start, stop, on_error)
+def _read_task(args) -> tuple[Batch, RunningStats | None]:
+    """Images start:stop, and their statistics when asked (computed as each is decoded)."""
+    start, stop, on_error, stats_of = args
+    rs = RunningStats(*stats_of) if stats_of else None
+    return _WORKER_SPLIT.read(start, stop, on_error, visit=rs.update if rs else None), rs
 
 
 def _worker_main(split: Split, conn) -> None:
@@ -235,12 +239,16 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int =
 
 
 def read_batches(split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-                 on_error: str = "fail") -> Iterator[Batch]:
-    """The split's batches in order, decoded by ``workers`` processes for image folders."""
+                 on_error: str = "fail", stats_of: tuple | None = None) -> Iterator[tuple[Batch, RunningStats]]:
+    """The split's batches in order, decoded by ``workers`` processes for image folders.
+
+    Yields ``(batch, stats)``: with ``stats_of = (channels, dtype)`` the
+    statistics of the batch, computed where and when it was decoded, else None.
+    """
     workers = workers or default_workers()
     batch_size = batch_rows(split, batch_size)
     step = min(WORKER_CHUNK, batch_size) if workers > 1 and isinstance(split, FolderSplit) else batch_size
-    tasks = [(a, b, on_error) for a, b in _ranges(len(split), step)]
+    tasks = [(a, b, on_error, stats_of) for a, b in _ranges(len(split), step)]
     with _mapper(split, workers, len(tasks)) as imap:
         yield from imap(_read_task, tasks)
 
@@ -274,13 +282,16 @@ class PixelCache:
         self._file.flush()
         if self.n == 0:
             return
-        x = np.memmap(self.path, self.dtype, "r", shape=(self.n,) + self.image_shape)
         labels = np.concatenate(self.labels) if self.labels else None
-        for a in range(0, self.n, batch_size):
-            b = min(a + batch_size, self.n)
-            yield Batch(np.array(x[a:b]), labels[a:b] if labels is not None else None,
-                        self.files[a:b] if self.files else None, a)
-        del x
+        # Plain reads, not a memory map: mapped pages would stay in the
+        # process's resident memory and grow with the dataset.
+        with open(self.path, "rb") as f:
+            for a in range(0, self.n, batch_size):
+                b = min(a + batch_size, self.n)
+                x = np.empty((b - a,) + self.image_shape, self.dtype)
+                f.readinto(memoryview(x.reshape(-1).view(np.uint8)))
+                yield Batch(x, labels[a:b] if labels is not None else None,
+                            self.files[a:b] if self.files else None, a)
 
     def close(self) -> None:
         self._file.close()
@@ -433,13 +444,15 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             if fit_name not in shapes:
                 shapes[fit_name] = image_shape(source, split, on_error)
             rs = RunningStats(source.channels, source.dtype)
-            if not getattr(split, "memory_mapped", False):
+            if not getattr(split, "random_access", False):
                 cache = PixelCache(folder, shapes[fit_name], source.dtype)
                 stack.callback(cache.close)
             with progress(len(split), f"stats {fit_name}", show_progress) as bar:
-                fit_batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error)
-                for batch, x in ahead(fit_batches, lambda b: (b, _as_array(b, shapes[fit_name]))):
-                    rs.update(x)
+                fit_batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error,
+                                           stats_of=(source.channels, source.dtype))
+                for batch, x, part in ahead(fit_batches, lambda bs: (bs[0], _as_array(bs[0], shapes[fit_name]),
+                                                                     bs[1])):
+                    rs.merge(part)
                     skipped.extend(batch.skipped)
                     if cache is not None:
                         cache.append(Batch(x, batch.labels, batch.files, batch.start))
@@ -462,23 +475,25 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             fresh = name not in results
             rs = RunningStats(source.channels, source.dtype) if fresh else results[name]
             if cache is not None and name == fit_name:
-                batches = cache.batches(batch_rows(split, batch_size))
+                batches = ((b, None) for b in cache.batches(batch_rows(split, batch_size)))
             else:
-                batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error)
-            def scale(batch, shape=shapes[name]):
+                batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error,
+                                       stats_of=(source.channels, source.dtype) if fresh else None)
+            def scale(batch_stats, shape=shapes[name]):
+                batch, part = batch_stats
                 x = _as_array(batch, shape)
                 if per_image:
-                    return batch, x, *per_image_scaled(x, method, max_value=max_value, per_channel=per_channel,
+                    return batch, part, *per_image_scaled(x, method, max_value=max_value, per_channel=per_channel,
                                                        minmax=minmax, unit=unit, clip_rescale=clip_rescale,
                                                        epsilon=epsilon, dtype=out_dtype)
-                return batch, x, scaling.apply(x, out_dtype), 0
+                return batch, part, scaling.apply(x, out_dtype), 0
 
             with progress(len(split), f"write {name}", show_progress) as bar:
                 # Reading and scaling run one batch ahead in a thread (zlib,
                 # libjpeg and numpy release the GIL) while this one writes.
-                for batch, x, y, flat in ahead(batches, scale):
+                for batch, part, y, flat in ahead(batches, scale):
                     if fresh:
-                        rs.update(x)
+                        rs.merge(part)
                         skipped.extend(batch.skipped)
                     n_flat += flat
                     writer.write(name, y, batch.labels, batch.files)

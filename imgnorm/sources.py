@@ -58,8 +58,15 @@ class Split:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def read(self, start: int, stop: int, on_error: str = "fail") -> Batch:
-        """Read images ``start:stop`` as one :class:`Batch`."""
+    def read(self, start: int, stop: int, on_error: str = "fail", visit=None, keep: bool = True) -> Batch:
+        """Read images ``start:stop`` as one :class:`Batch`.
+
+        ``visit``, if given, is called with the pixels as soon as they are
+        read (one image at a time for folders), while they are still in the
+        CPU cache: statistics computed there cost a fraction of a later pass.
+        With ``keep=False`` the batch carries no pixels (only labels, files and
+        skipped), so each decoded image's memory is reused by the next.
+        """
         raise NotImplementedError
 
     def batches(self, batch_size: int, on_error: str = "fail") -> Iterator[Batch]:
@@ -73,7 +80,7 @@ class Split:
         return None
 
     @property
-    def memory_mapped(self) -> bool:
+    def random_access(self) -> bool:
         """True when reading again costs no decoding or decompression."""
         return False
 
@@ -171,7 +178,7 @@ class FolderSplit(Split):
     def shape(self):
         return None
 
-    def read(self, start: int, stop: int, on_error: str = "fail") -> Batch:
+    def read(self, start: int, stop: int, on_error: str = "fail", visit=None, keep: bool = True) -> Batch:
         images, kept, skipped = [], [], []
         for i in range(start, stop):
             try:
@@ -180,7 +187,10 @@ class FolderSplit(Split):
                     c, t = self.pixels
                     raise ImageError(self.files[i], f"has {a.shape[2]} channel(s) of {a.dtype}, but the first "
                                      f"image has {c} of {t}; read all alike with --color rgb or --color gray")
-                images.append(a)
+                if visit is not None:
+                    visit([a])
+                if keep:
+                    images.append(a)
                 kept.append(i)
             except ImageError as e:
                 if on_error != "skip":
@@ -337,8 +347,8 @@ def _first_line(e: BaseException) -> str:
 class _NpyMember:
     """One ``.npy`` array inside an ``.npz`` (or a bare ``.npy``), read in row slices.
 
-    Stored (uncompressed) members are memory-mapped; deflated members are
-    streamed through ``zipfile`` and decompressed once, front to back.
+    Stored (uncompressed) members are read directly at any row; deflated
+    members are streamed through ``zipfile`` and decompressed front to back.
     """
 
     def __init__(self, path: str, member: str | None):
@@ -349,35 +359,49 @@ class _NpyMember:
         self._zip = None
         self._next_row = 0
         self._crc: tuple[int, int, int] | None = None  # (running crc, next row, expected crc)
+        self._data_start: int | None = None  # where uncompressed array data starts in the file
         try:
             if member is None:
                 with open(path, "rb") as f:
                     self.shape, self.fortran, self.dtype, self._header_len = _read_npy_header(f, self.where)
                 _check_data_size(self, os.path.getsize(path) - self._header_len)
-                self._mmap = self._map(0)
+                self._data_start = self._header_len
             else:
                 with zipfile.ZipFile(path) as zf:
                     info = zf.getinfo(member)
                     with zf.open(info) as f:
                         self.shape, self.fortran, self.dtype, self._header_len = _read_npy_header(f, self.where)
                 _check_data_size(self, info.file_size - self._header_len)
-                self._compressed = info.compress_type != zipfile.ZIP_STORED
-                self._mmap = None if self._compressed else self._map(_data_offset(path, info))
-                if self._mmap is not None and not self.fortran:
-                    # Memory-mapped reads bypass zipfile's CRC check, so front-to-back
-                    # reads keep a running CRC, compared when the last row is read.
-                    with open(path, "rb") as f:
-                        f.seek(_data_offset(path, info))
-                        self._crc = (zlib.crc32(f.read(self._header_len)), 0, info.CRC)
+                if info.compress_type == zipfile.ZIP_STORED:
+                    member_start = _data_offset(path, info)
+                    self._data_start = member_start + self._header_len
+                    if not self.fortran:
+                        # Direct reads bypass zipfile's CRC check, so front-to-back
+                        # reads keep a running CRC, compared when the last row is read.
+                        with open(path, "rb") as f:
+                            f.seek(member_start)
+                            self._crc = (zlib.crc32(f.read(self._header_len)), 0, info.CRC)
         except _ZIP_ERRORS as e:
             raise SourceError(f"{self.where}: corrupt or unreadable array ({_first_line(e)})") from None
 
-    def _map(self, offset: int):
-        n = int(np.prod(self.shape, dtype=np.int64))
-        if n == 0:
-            return np.zeros(self.shape, self.dtype)
-        return np.memmap(self.path, self.dtype, "r", offset=offset + self._header_len, shape=self.shape,
-                         order="F" if self.fortran else "C")
+    def _read_direct(self, start: int, stop: int) -> np.ndarray:
+        """Rows of uncompressed data, read with plain file reads into a fresh array.
+
+        Plain reads rather than a memory map: mapped pages would count in the
+        process's resident memory for as long as the map lives, so a 20 GB
+        array would look like 20 GB of RAM.
+        """
+        if self.fortran:  # column-major rows are not contiguous: map just for this
+            m = np.memmap(self.path, self.dtype, "r", offset=self._data_start, shape=self.shape, order="F")
+            return np.array(m[start:stop])
+        out = np.empty((stop - start,) + self.row_shape, self.dtype)
+        row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        if out.nbytes:
+            with open(self.path, "rb") as f:  # per batch: nothing left open between reads
+                f.seek(self._data_start + start * row_bytes)
+                if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+                    raise SourceError(f"{self.where}: array data ends early; the file is truncated")
+        return out
 
     def __len__(self) -> int:
         return self.shape[0] if self.shape else 1
@@ -388,9 +412,9 @@ class _NpyMember:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as an in-memory array."""
-        if self._mmap is not None:
+        if self._data_start is not None:
             try:
-                out = np.array(self._mmap[start:stop])
+                out = self._read_direct(start, stop)
             except OSError as e:
                 raise SourceError(f"{self.where}: cannot read ({e})") from None
             if self._crc is not None and self._crc[1] == start:
@@ -437,7 +461,7 @@ class _NpyMember:
         self._stream = self._zip = None
 
     def load_all(self) -> np.ndarray:
-        return self.read(0, len(self)) if self.shape else np.array(self._mmap)
+        return self.read(0, len(self)) if self.shape else self._read_direct(0, 1).reshape(())
 
 
 def _check_data_size(member: "_NpyMember", nbytes: int) -> None:
@@ -503,8 +527,8 @@ class ArraySplit(Split):
         return self._x.where
 
     @property
-    def memory_mapped(self) -> bool:
-        return self._x._mmap is not None
+    def random_access(self) -> bool:
+        return self._x._data_start is not None
 
     @property
     def itemsize(self) -> int:
@@ -515,7 +539,7 @@ class ArraySplit(Split):
         s = self._x.row_shape
         return s + (1,) if self._add_channel else s
 
-    def read(self, start: int, stop: int, on_error: str = "fail") -> Batch:
+    def read(self, start: int, stop: int, on_error: str = "fail", visit=None, keep: bool = True) -> Batch:
         x = self._x.read(start, stop)
         if self._add_channel:
             x = x[..., None]
@@ -523,6 +547,8 @@ class ArraySplit(Split):
             bad = start + int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0, 0])
             raise SourceError(f"{self._x.where}: image {bad} holds NaN or infinity; "
                               "clean the array before normalizing")
+        if visit is not None:
+            visit(x)
         labels = self.labels[start:stop] if self.labels is not None else None
         return Batch(x, labels, None, start)
 

@@ -165,11 +165,11 @@ def test_mnist_layout(mnist_npz):
         assert s.shape == (8, 8, 1)
 
 
-def test_stored_members_are_memory_mapped_and_compressed_ones_stream(mnist_npz, mnist_npz_compressed):
-    assert open_source(mnist_npz[0]).splits["train"]._x._mmap is not None
+def test_stored_members_are_random_access_and_compressed_ones_stream(mnist_npz, mnist_npz_compressed):
+    assert open_source(mnist_npz[0]).splits["train"]._x._data_start is not None
     path, arrays = mnist_npz_compressed
     split = open_source(path).splits["train"]
-    assert split._x._mmap is None
+    assert split._x._data_start is None
     np.testing.assert_array_equal(stacked(split, 7), arrays["x_train"][..., None])
     # reading again, or out of order, restarts the stream
     np.testing.assert_array_equal(split.read(3, 5).images, arrays["x_train"][3:5, :, :, None])
