@@ -11,7 +11,6 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from .errors import OptionError, SourceError, StatsFileError
 from .sources import Batch, FolderSplit, Source, Split
@@ -23,6 +22,8 @@ DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
 # spend their time in per-call overhead).
 FOLDER_BATCH = 64
 ARRAY_BATCH_BYTES = 2 << 20
+# A fit split whose decoded pixels fit in this is cached in memory, not on disk.
+IN_MEMORY_CACHE = 128 << 20
 # Images per task sent to a decoding worker: small enough to balance two
 # cores over a few hundred files, large enough that task overhead is noise.
 WORKER_CHUNK = 16
@@ -35,10 +36,25 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+class _NoBar:
+    """What progress() gives when nothing is drawn: no tqdm import, no thread."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
 def progress(total: int, desc: str, show: bool):
     """A tqdm bar on stderr, drawn only when asked and stderr is a terminal."""
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False,
-                disable=not show or not sys.stderr.isatty(), dynamic_ncols=True)
+    if not show or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 # Worker processes inherit the split when they fork, instead of receiving it
@@ -254,24 +270,38 @@ def read_batches(split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE, workers:
 
 
 class PixelCache:
-    """Decoded pixels of one split kept on disk between the statistics pass and
-    the writing pass, so a JPEG is decoded once.  A raw file beside the output,
-    removed on close."""
+    """Decoded pixels of one split kept between the statistics pass and the
+    writing pass, so a JPEG is decoded (or an .npz member inflated) once.
 
-    def __init__(self, folder: str, image_shape: tuple[int, ...], dtype):
-        import tempfile
+    In memory when the split is small (at most ``IN_MEMORY_CACHE`` bytes),
+    else in a raw file beside the output, removed on close.
+    """
 
-        from .outputs import TMP_SUFFIX
-        fd, self.path = tempfile.mkstemp(prefix=".imgnorm-cache.", suffix=TMP_SUFFIX, dir=folder)
-        self._file = os.fdopen(fd, "wb")
+    def __init__(self, folder: str, image_shape: tuple[int, ...], dtype, n_images: int):
         self.image_shape = tuple(image_shape)
+        self.dtype = np.dtype(dtype)
+        self._memory: list[np.ndarray] | None = None
+        self._file = None
+        self.path = None
+        if n_images * int(np.prod(self.image_shape)) * self.dtype.itemsize <= IN_MEMORY_CACHE:
+            self._memory = []
+        else:
+            import tempfile
+
+            from .outputs import TMP_SUFFIX
+            fd, self.path = tempfile.mkstemp(prefix=".imgnorm-cache.", suffix=TMP_SUFFIX, dir=folder)
+            self._file = os.fdopen(fd, "wb")
         self.dtype = np.dtype(dtype)
         self.n = 0
         self.labels: list = []
         self.files: list[str] = []
 
     def append(self, batch: Batch) -> None:
-        self._file.write(np.ascontiguousarray(batch.images).tobytes())
+        x = np.ascontiguousarray(batch.images)
+        if self._memory is not None:
+            self._memory.append(x)
+        else:
+            self._file.write(memoryview(x.reshape(-1).view(np.uint8)))
         self.n += len(batch)
         if batch.labels is not None:
             self.labels.append(batch.labels)
@@ -279,10 +309,18 @@ class PixelCache:
             self.files.extend(batch.files)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        self._file.flush()
         if self.n == 0:
             return
         labels = np.concatenate(self.labels) if self.labels else None
+        if self._memory is not None:
+            a = 0
+            while self._memory:
+                x = self._memory.pop(0)  # let go of each batch once it is handed out
+                yield Batch(x, labels[a:a + len(x)] if labels is not None else None,
+                            self.files[a:a + len(x)] if self.files else None, a)
+                a += len(x)
+            return
+        self._file.flush()
         # Plain reads, not a memory map: mapped pages would stay in the
         # process's resident memory and grow with the dataset.
         with open(self.path, "rb") as f:
@@ -294,11 +332,13 @@ class PixelCache:
                             self.files[a:b] if self.files else None, a)
 
     def close(self) -> None:
-        self._file.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
 
 def image_shape(source: Source, split: Split, on_error: str = "fail") -> tuple[int, int, int]:
@@ -445,7 +485,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
                 shapes[fit_name] = image_shape(source, split, on_error)
             rs = RunningStats(source.channels, source.dtype)
             if not getattr(split, "random_access", False):
-                cache = PixelCache(folder, shapes[fit_name], source.dtype)
+                cache = PixelCache(folder, shapes[fit_name], source.dtype, len(split))
                 stack.callback(cache.close)
             with progress(len(split), f"stats {fit_name}", show_progress) as bar:
                 fit_batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error,

@@ -77,16 +77,23 @@ def test_disk_full_while_caching_pixels_leaves_nothing(tmp_path, monkeypatch, rn
     from imgnorm.sources import open_source
     from conftest import write_jpeg
 
-    for i in range(4):
+    for i in range(40):
         write_jpeg(tmp_path / "d" / f"{i}.jpg", rng)
 
+    monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 0)  # the raw cache file beside OUT
+    real_append = pipeline.PixelCache.append
+    calls = []
+
     def full(self, batch):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, batch)
 
     monkeypatch.setattr(pipeline.PixelCache, "append", full)
     out = tmp_path / "out.h5"
     with pytest.raises(OutputError, match="cannot write \\(disk full\\)"):
-        pipeline.transform_to_hdf5(open_source(tmp_path / "d"), str(out), "standardize", workers=1)
+        pipeline.transform_to_hdf5(open_source(tmp_path / "d"), str(out), "standardize", workers=1, batch_size=8)
     assert sorted(os.listdir(tmp_path)) == ["d"]
 
 

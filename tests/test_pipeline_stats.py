@@ -42,3 +42,46 @@ def test_npz_stats_and_one_split(mnist_npz_compressed):
     assert t["global"]["mean"] == pytest.approx(x.mean(), rel=1e-12)
     assert t["global"]["std"] == pytest.approx(x.std(), rel=1e-12)
     assert t["shape"] == [8, 8, 1]
+
+
+def test_progress_bars_only_on_a_terminal_and_not_quiet(monkeypatch):
+    import io
+    import sys
+
+    from imgnorm.pipeline import _NoBar, progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert isinstance(progress(10, "x", True), _NoBar)  # not a terminal
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert isinstance(progress(10, "x", False), _NoBar)  # --quiet
+    with progress(10, "stats train", True) as bar:
+        bar.update(10)
+    assert "stats train" in tty.getvalue()
+
+
+def test_ahead_keeps_order_raises_errors_and_stops_early():
+    from imgnorm.pipeline import ahead
+    assert list(ahead(iter(range(50)), lambda v: v * 2)) == [v * 2 for v in range(50)]
+
+    def boom(v):
+        if v == 7:
+            raise ValueError("seven")
+        return v
+    with pytest.raises(ValueError, match="seven"):
+        list(ahead(iter(range(20)), boom))
+    closed = []
+
+    def source():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+    for v in ahead(source(), lambda v: v):
+        if v == 3:
+            break
+    assert closed == [True]  # the producer's generator was closed, not left running

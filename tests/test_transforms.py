@@ -168,16 +168,29 @@ def test_different_sizes_need_size_and_nothing_is_written(photo_folder, tmp_path
     assert stored(tmp_path / "o.h5", "train").shape == (12, 8, 10, 3)
 
 
-def test_decoded_once(photo_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache_in_memory", [True, False])
+def test_decoded_once(photo_folder, tmp_path, monkeypatch, cache_in_memory):
+    import imgnorm.pipeline as pipeline
+    if not cache_in_memory:
+        monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 0)  # the raw file beside OUT
     import imgnorm.sources as sources
     calls = []
     real = sources.decode
     monkeypatch.setattr(sources, "decode", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     src = open_source(photo_folder, size=(8, 8))
     calls.clear()
+    made = []
+    real_mkstemp = __import__("tempfile").mkstemp
+    monkeypatch.setattr("tempfile.mkstemp", lambda *a, **k: made.append(k.get("prefix")) or real_mkstemp(*a, **k))
     transform_to_hdf5(src, str(tmp_path / "o.h5"), "standardize", workers=1)
     assert sorted(calls) == sorted(src.splits["train"].files + src.splits["val"].files)
+    assert (".imgnorm-cache." in made) == (not cache_in_memory)
     assert sorted(os.listdir(tmp_path)) == ["o.h5", "photos"]  # the pixel cache is gone
+    # identical output whichever way the pixels were kept
+    want = stored(tmp_path / "o.h5", "train")
+    monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 1 << 30)
+    transform_to_hdf5(src, str(tmp_path / "p.h5"), "standardize", workers=1)
+    np.testing.assert_array_equal(stored(tmp_path / "p.h5", "train"), want)
 
 
 def test_existing_output_untouched_and_force(mnist_npz, tmp_path):
