@@ -17,11 +17,12 @@ from .sources import Batch, FolderSplit, Source, Split
 from .stats import RunningStats, stats_document
 
 DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
-# Automatic batches: this many images from a folder, or about this many bytes
-# of pixels from an array (MNIST-sized images are tiny; batches of 64 would
-# spend their time in per-call overhead).
+# Automatic batches: images of a known shape come in batches of about this
+# many bytes as float32 (MNIST images are tiny, so batches of 64 would spend
+# their time in per-call overhead; 224x224 RGB ones would hold 40 MB each);
+# images of unknown sizes come this many at a time.
+BATCH_BYTES = 8 << 20
 FOLDER_BATCH = 64
-ARRAY_BATCH_BYTES = 2 << 20
 # A fit split whose decoded pixels fit in this is cached in memory, not on disk.
 IN_MEMORY_CACHE = 128 << 20
 # Images per task sent to a decoding worker: small enough to balance two
@@ -186,15 +187,14 @@ def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
         yield lambda fn, tasks: map(fn, tasks)
 
 
-def batch_rows(split: Split, batch_size: int | None) -> int:
-    """Images per batch: ``batch_size`` if given, else chosen from the image size."""
+def batch_rows(split: Split, batch_size: int | None, shape: tuple[int, ...] | None = None) -> int:
+    """Images per batch: ``batch_size`` if given, else chosen from the image shape."""
     if batch_size:
         return batch_size
-    shape = split.shape
-    if shape is None or isinstance(split, FolderSplit):
+    shape = shape or split.shape
+    if shape is None:
         return FOLDER_BATCH
-    row = int(np.prod(shape)) * max(1, getattr(split, "itemsize", 1))
-    return max(1, ARRAY_BATCH_BYTES // max(1, row))
+    return max(1, BATCH_BYTES // max(1, int(np.prod(shape)) * 4))
 
 
 def _ranges(n: int, step: int) -> list[tuple[int, int]]:
@@ -484,11 +484,12 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             if fit_name not in shapes:
                 shapes[fit_name] = image_shape(source, split, on_error)
             rs = RunningStats(source.channels, source.dtype)
-            if not getattr(split, "random_access", False):
+            if fit_name in names and not split.random_access:
                 cache = PixelCache(folder, shapes[fit_name], source.dtype, len(split))
                 stack.callback(cache.close)
             with progress(len(split), f"stats {fit_name}", show_progress) as bar:
-                fit_batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error,
+                fit_batches = read_batches(split, batch_size=batch_rows(split, batch_size, shapes[fit_name]),
+                                           workers=workers, on_error=on_error,
                                            stats_of=(source.channels, source.dtype))
                 for batch, x, part in ahead(fit_batches, lambda bs: (bs[0], _as_array(bs[0], shapes[fit_name]),
                                                                      bs[1])):
@@ -515,9 +516,10 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             fresh = name not in results
             rs = RunningStats(source.channels, source.dtype) if fresh else results[name]
             if cache is not None and name == fit_name:
-                batches = ((b, None) for b in cache.batches(batch_rows(split, batch_size)))
+                batches = ((b, None) for b in cache.batches(batch_rows(split, batch_size, shapes[name])))
             else:
-                batches = read_batches(split, batch_size=batch_size, workers=workers, on_error=on_error,
+                batches = read_batches(split, batch_size=batch_rows(split, batch_size, shapes[name]),
+                                       workers=workers, on_error=on_error,
                                        stats_of=(source.channels, source.dtype) if fresh else None)
             def scale(batch_stats, shape=shapes[name]):
                 batch, part = batch_stats

@@ -59,11 +59,19 @@ class Scaling:
             # 8- and 16-bit pixels take few values: compute each once and look
             # them up.  The table holds exactly what the direct formula gives.
             lut = self._table(x.dtype, dtype)
-            if x.shape[-1] == 1:
+            channels = x.shape[-1]
+            if channels == 1:
                 return np.take(lut[:, 0], x)
+            # One gather from a (channels * levels) table, indexed by
+            # level + channel * levels, straight into the contiguous output.
+            flat = np.ascontiguousarray(lut.T).reshape(-1)
+            offsets = (np.arange(channels) * lut.shape[0]).astype(np.uint32 if x.dtype == np.uint16 else np.uint16)
             out = np.empty(x.shape, dtype)
-            for c in range(x.shape[-1]):
-                np.take(lut[:, c], x[..., c], out=out[..., c])
+            rows = max(1, (1 << 22) // max(1, x[0].size))  # bounded index temporaries
+            for i in range(0, len(x), rows):
+                idx = x[i:i + rows].astype(offsets.dtype)
+                idx += offsets
+                np.take(flat, idx, out=out[i:i + rows])
             return out
         return self._direct(x, dtype)
 

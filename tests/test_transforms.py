@@ -257,3 +257,16 @@ def test_lookup_table_path_equals_the_direct_formula(rng, in_dtype, channels, cl
     fast = s.apply(x, out)
     assert fast.dtype == np.dtype(out) and fast.shape == x.shape
     np.testing.assert_array_equal(fast, s._direct(x, np.dtype(out)))
+
+
+def test_one_split_written_with_the_train_statistics(same_size_folder, tmp_path):
+    src = open_source(same_size_folder)
+    result = transform_to_hdf5(src, str(tmp_path / "t.h5"), "standardize", splits=["test"], dtype="float64",
+                               workers=1)
+    assert result["rows"] == {"test": 6}
+    train = folder_pixels(src.splits["train"].files)
+    x = folder_pixels(src.splits["test"].files)
+    np.testing.assert_allclose(stored(tmp_path / "t.h5", "test"), (x - train.mean()) / train.std(), rtol=1e-12)
+    with h5py.File(tmp_path / "t.h5") as f:
+        assert list(f) == ["test"]
+    assert sorted(os.listdir(tmp_path)) == ["same", "t.h5"]
