@@ -570,7 +570,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             "skipped": skipped}
 
 
-def ahead(items: Iterator, fn: Callable, depth: int = 2) -> Iterator:
+def ahead(items: Iterator, fn: Callable, depth: int = 1) -> Iterator:
     """``fn(item)`` for each item, computed in a background thread up to
     ``depth`` items ahead of the consumer, in order.
 

@@ -174,10 +174,6 @@ class FolderSplit(Split):
     def __len__(self) -> int:
         return len(self.files)
 
-    @property
-    def shape(self):
-        return None
-
     def read(self, start: int, stop: int, on_error: str = "fail", visit=None, keep: bool = True) -> Batch:
         images, kept, skipped = [], [], []
         for i in range(start, stop):
@@ -529,10 +525,6 @@ class ArraySplit(Split):
     @property
     def random_access(self) -> bool:
         return self._x._data_start is not None
-
-    @property
-    def itemsize(self) -> int:
-        return self._x.dtype.itemsize
 
     @property
     def shape(self):

@@ -24,7 +24,7 @@ from .errors import OptionError, SourceError
 COMPRESSIONS = ("none", "gzip", "lzf")
 LAYOUTS = ("nhwc", "nchw")
 CHUNK_BYTES = 1 << 20  # HDF5's chunk cache default; chunks of about 1 MiB read and write well
-CHUNK_CACHE_BYTES = 8 << 20
+CHUNK_CACHE_BYTES = 2 << 20
 
 
 class H5Writer:

@@ -61,7 +61,7 @@ class Scaling:
             lut = self._table(x.dtype, dtype)
             channels = x.shape[-1]
             if channels == 1:
-                return np.take(lut[:, 0], x)
+                return np.take(lut[:, 0], x, mode="clip")  # every level is in the table
             # One gather from a (channels * levels) table, indexed by
             # level + channel * levels, straight into the contiguous output.
             flat = np.ascontiguousarray(lut.T).reshape(-1)
@@ -71,7 +71,7 @@ class Scaling:
             for i in range(0, len(x), rows):
                 idx = x[i:i + rows].astype(offsets.dtype)
                 idx += offsets
-                np.take(flat, idx, out=out[i:i + rows])
+                np.take(flat, idx, out=out[i:i + rows], mode="clip")  # "raise" would buffer `out`
             return out
         return self._direct(x, dtype)
 
