@@ -521,6 +521,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
                 batches = read_batches(split, batch_size=batch_rows(split, batch_size, shapes[name]),
                                        workers=workers, on_error=on_error,
                                        stats_of=(source.channels, source.dtype) if fresh else None)
+
             def scale(batch_stats, shape=shapes[name]):
                 batch, part = batch_stats
                 x = _as_array(batch, shape)
@@ -547,9 +548,10 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
         if n_flat:
             warnings.append(f"{n_flat} image(s) had a zero {'std' if method == 'standardize' else 'spread'} "
                             "in some channel; those channels got scale 1 (a blank image becomes zeros)")
+        # every split read, in the source's order: the written ones and the fit split
         doc = stats_document(source=os.path.abspath(source.path), color=source.color,
                              channels=source.channels, max_value=max_value,
-                             splits={n: results[n] for n in names if n in results},
+                             splits={n: results[n] for n in source.splits if n in results},
                              fit_split=fit_name if fit_name in results else names[0], skipped=skipped)
         options = {"per_channel": per_channel, "per_image": per_image, "minmax": minmax, "unit": unit,
                    "clip_rescale": clip_rescale, "epsilon": epsilon, "fit_split": None if per_image else fit_name,

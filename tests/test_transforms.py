@@ -269,4 +269,7 @@ def test_one_split_written_with_the_train_statistics(same_size_folder, tmp_path)
     np.testing.assert_allclose(stored(tmp_path / "t.h5", "test"), (x - train.mean()) / train.std(), rtol=1e-12)
     with h5py.File(tmp_path / "t.h5") as f:
         assert list(f) == ["test"]
+        stats = json.loads(f.attrs["stats"])  # the applied statistics are stored, though train is not
+        assert stats["fit_split"] == "train" and list(stats["splits"]) == ["train", "test"]
+        assert stats["splits"]["train"]["global"]["mean"] == pytest.approx(train.mean(), rel=1e-12)
     assert sorted(os.listdir(tmp_path)) == ["same", "t.h5"]
