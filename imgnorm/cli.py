@@ -77,7 +77,7 @@ def read_options(fn):
                      help="Decoding processes for image folders [default: all cores]."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Images held in memory at once, per worker [default: 64 images from a "
-                          "folder, about 2 MiB of pixels from an array]."),
+                          "folder of mixed sizes, else about 4 MiB of float32 output]."),
         click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
                      help="On an unreadable image: stop, or leave it out and report it."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),

@@ -21,7 +21,7 @@ DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
 # many bytes as float32 (MNIST images are tiny, so batches of 64 would spend
 # their time in per-call overhead; 224x224 RGB ones would hold 40 MB each);
 # images of unknown sizes come this many at a time.
-BATCH_BYTES = 8 << 20
+BATCH_BYTES = 4 << 20
 FOLDER_BATCH = 64
 # A fit split whose decoded pixels fit in this is cached in memory, not on disk.
 IN_MEMORY_CACHE = 128 << 20

@@ -67,7 +67,7 @@ class Scaling:
             flat = np.ascontiguousarray(lut.T).reshape(-1)
             offsets = (np.arange(channels) * lut.shape[0]).astype(np.uint32 if x.dtype == np.uint16 else np.uint16)
             out = np.empty(x.shape, dtype)
-            rows = max(1, (1 << 22) // max(1, x[0].size))  # bounded index temporaries
+            rows = max(1, (1 << 20) // max(1, x[0].size))  # take() widens indices to intp: bound that
             for i in range(0, len(x), rows):
                 idx = x[i:i + rows].astype(offsets.dtype)
                 idx += offsets
