@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import OptionError, SourceError, StatsFileError
+from .errors import ImgnormError, OptionError, SourceError, StatsFileError
 from .sources import Batch, FolderSplit, Source, Split
 from .stats import RunningStats, stats_document
 
@@ -136,13 +136,13 @@ class WorkerPool:
         n = len(self.conns)
         sent = 0
         for k in range(len(tasks)):
-            while sent < len(tasks) and sent < k + n * self.depth:
-                self.conns[sent % n].send((fn, tasks[sent]))
-                sent += 1
             try:
+                while sent < len(tasks) and sent < k + n * self.depth:
+                    self.conns[sent % n].send((fn, tasks[sent]))
+                    sent += 1
                 ok, result = self.conns[k % n].recv()
-            except EOFError:
-                raise RuntimeError("a decoding worker process died (out of memory?); "
+            except (EOFError, OSError):  # the pipe of a worker that is gone
+                raise ImgnormError("a decoding worker process died (out of memory?); "
                                    "try fewer --workers or a smaller --batch-size") from None
             if not ok:
                 raise result

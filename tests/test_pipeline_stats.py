@@ -85,3 +85,19 @@ def test_ahead_keeps_order_raises_errors_and_stops_early():
         if v == 3:
             break
     assert closed == [True]  # the producer's generator was closed, not left running
+
+
+def _die(args):
+    import os
+    os._exit(3)  # as the kernel's out-of-memory killer would end a worker
+
+
+def test_a_dead_worker_is_a_clean_error_not_a_hang(photo_folder):
+    from imgnorm.errors import ImgnormError
+    from imgnorm.pipeline import WorkerPool
+    pool = WorkerPool(open_source(photo_folder).splits["train"], 2)
+    try:
+        with pytest.raises(ImgnormError, match="a decoding worker process died"):
+            list(pool.imap(_die, [1, 2, 3]))
+    finally:
+        pool.kill()

@@ -273,3 +273,15 @@ def test_one_split_written_with_the_train_statistics(same_size_folder, tmp_path)
         assert stats["fit_split"] == "train" and list(stats["splits"]) == ["train", "test"]
         assert stats["splits"]["train"]["global"]["mean"] == pytest.approx(train.mean(), rel=1e-12)
     assert sorted(os.listdir(tmp_path)) == ["same", "t.h5"]
+
+
+def test_reserved_space_is_trimmed_and_the_file_stays_valid(mnist_npz, tmp_path):
+    from imgnorm.pipeline import _output_bound
+    src = open_source(mnist_npz[0])
+    out = tmp_path / "o.h5"
+    transform_to_hdf5(src, str(out), "normalize")
+    shapes = {n: s.shape for n, s in src.splits.items()}
+    assert os.path.getsize(out) < _output_bound(src, list(src.splits), shapes, np.dtype("float32")) - (4 << 20)
+    assert os.path.getsize(out) >= (50 + 20) * 8 * 8 * 4  # all the data is there
+    with h5py.File(out) as f:
+        assert f["train/x"].shape == (50, 8, 8, 1) and f.attrs["method"] == "normalize"
