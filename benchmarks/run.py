@@ -188,7 +188,7 @@ def main():
 
 
 def _images(root):
-    for dirpath, _, names in os.walk(root, followlinks=True):
+    for _, _, names in os.walk(root, followlinks=True):
         for n in names:
             if n.lower().endswith(".jpg"):
                 yield n

@@ -184,7 +184,7 @@ def decode(path: str, color: str = "rgb", size: tuple[int, int] | None = None) -
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             _check_depth(im, path)
             if size is not None and im.format == "JPEG":
-                im.draft("L" if color == "gray" else im.mode, size)
+                im.draft(im.mode, size)  # same colour path as without --size; only smaller
             im.load()
             a = _to_array(im, color, path)
             if size is not None and (a.shape[1], a.shape[0]) != size:

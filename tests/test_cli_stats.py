@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -19,7 +18,7 @@ def runner():
 
 
 def test_every_command_has_help_with_an_example(runner):
-    for name, cmd in cli.commands.items():
+    for name in cli.commands:
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0, name
         assert "Example" in result.output and f"imgnorm {name}" in result.output, name

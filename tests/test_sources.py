@@ -243,3 +243,12 @@ def test_array_options_that_do_not_apply(mnist_npz):
         open_source(mnist_npz[0], color="rgb")
     with pytest.raises(OptionError, match="no split 'val'"):
         open_source(mnist_npz[0]).split("val")
+
+
+def test_gray_with_size_converts_like_pillow_after_draft(tmp_path, rng):
+    p = write_jpeg(tmp_path / "big.jpg", rng, size=(200, 120))
+    got = stacked(open_source(p, color="gray", size=(50, 30)).splits["all"])[0, :, :, 0]
+    im = Image.open(p)
+    im.draft("RGB", (50, 30))
+    want = np.asarray(im.convert("L").resize((50, 30), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(got, want)

@@ -15,7 +15,6 @@ from imgnorm.pipeline import transform_to_hdf5
 from imgnorm.sources import open_source
 from imgnorm.transforms import IMAGENET_MEAN, IMAGENET_STD, Scaling, per_image_scaled
 
-from conftest import write_jpeg
 
 
 def run(src_path, out, method, **kw):
