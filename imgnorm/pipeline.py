@@ -15,6 +15,7 @@ import numpy as np
 from .errors import ImgnormError, OptionError, SourceError, StatsFileError
 from .sources import Batch, FolderSplit, Source, Split
 from .stats import RunningStats, stats_document
+from .transforms import imagenet_fit, need_max_value
 
 DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
 # Automatic batches: images of a known shape come in batches of about this
@@ -390,6 +391,35 @@ def _check_options(method, *, per_channel, per_image, minmax, unit, clip_rescale
         raise OptionError("--stats applies saved statistics; it cannot take --fit-split")
 
 
+def _plan(source: Source, method: str, scaling_from: Callable, *, stats, per_image: bool, per_channel: bool,
+          minmax: bool, unit: bool, max_value) -> tuple:
+    """What gets applied, decided before any pixel is read where possible.
+
+    Returns ``(scaling, applied document, per_channel)``; ``scaling`` is None
+    when it has to be fitted on the data first, or for --per-image.
+    """
+    if per_image:
+        if method == "normalize" and not minmax or method == "center" and unit:
+            need_max_value(max_value)
+        return None, None, per_channel
+    if stats == "imagenet":
+        fit = imagenet_fit(source.channels, max_value)
+        applied = {"format": "imgnorm.stats", "version": 1, "source": "imagenet", "color": "rgb", "channels": 3,
+                   "max_value": max_value, "fit_split": "imagenet", "splits": {"imagenet": fit}}
+        return scaling_from(fit, True), applied, True
+    if isinstance(stats, dict):
+        if stats["channels"] != source.channels:
+            raise StatsFileError(f"the stats document has {stats['channels']} channel(s), {source.path} has "
+                                 f"{source.channels}; compute statistics on data read the same way")
+        if stats.get("max_value") != source.max_value:
+            raise StatsFileError(f"the stats document is for pixels with max value {stats.get('max_value')}, "
+                                 f"{source.path} has {source.max_value}")
+        return scaling_from(stats["splits"][stats["fit_split"]], per_channel), stats, per_channel
+    if method == "normalize" and not minmax:
+        return scaling_from({}, per_channel), None, per_channel
+    return None, None, per_channel
+
+
 def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: bool = False,
                       per_image: bool = False, minmax: bool = False, unit: bool = False,
                       clip_rescale: bool = False, epsilon: float = 0.0, fit_split: str | None = None,
@@ -422,7 +452,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
     from .outputs import atomic_output, check_output, write_json
     from .report import channel_names
     from .store import H5Writer, check_writable_dtype
-    from .transforms import Scaling, feature_scaling, imagenet_fit, need_max_value, per_image_scaled
+    from .transforms import feature_scaling, per_image_scaled
 
     _check_options(method, per_channel=per_channel, per_image=per_image, minmax=minmax, unit=unit,
                    clip_rescale=clip_rescale, epsilon=epsilon, stats=stats, fit_split=fit_split)
@@ -441,32 +471,9 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
                                per_channel=per_ch, minmax=minmax, unit=unit, clip_rescale=clip_rescale,
                                epsilon=epsilon, channel_names=cnames)
 
-    # What gets applied, decided before any pixel is read where possible.
-    scaling: Scaling | None = None
-    applied: dict | None = None
-    needs_fit = False
-    if per_image:
-        if method == "normalize" and not minmax or method == "center" and unit:
-            need_max_value(max_value)
-    elif stats == "imagenet":
-        scaling = scaling_from(imagenet_fit(source.channels, max_value), True)
-        applied = {"format": "imgnorm.stats", "version": 1, "source": "imagenet", "color": "rgb", "channels": 3,
-                   "max_value": max_value, "fit_split": "imagenet",
-                   "splits": {"imagenet": imagenet_fit(3, max_value)}}
-        per_channel = True
-    elif isinstance(stats, dict):
-        if stats["channels"] != source.channels:
-            raise StatsFileError(f"the stats document has {stats['channels']} channel(s), {source.path} has "
-                                 f"{source.channels}; compute statistics on data read the same way")
-        if stats.get("max_value") != source.max_value:
-            raise StatsFileError(f"the stats document is for pixels with max value {stats.get('max_value')}, "
-                                 f"{source.path} has {source.max_value}")
-        scaling = scaling_from(stats["splits"][stats["fit_split"]], per_channel)
-        applied = stats
-    elif method == "normalize" and not minmax:
-        scaling = scaling_from({}, per_channel)
-    else:
-        needs_fit = True
+    scaling, applied, per_channel = _plan(source, method, scaling_from, stats=stats, per_image=per_image,
+                                          per_channel=per_channel, minmax=minmax, unit=unit, max_value=max_value)
+    needs_fit = scaling is None and not per_image
     if out_dtype == np.float16:
         _check_float16(scaling, method, unit, per_image, max_value, source)
 
