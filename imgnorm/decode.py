@@ -16,7 +16,6 @@ from PIL import Image
 
 from .errors import ImageError, OptionError
 
-COLORS = ("rgb", "gray", "keep")
 
 # Pillow modes that hold more than 8 bits per sample.  ``convert("RGB")`` or
 # ``convert("L")`` would clip them to 8 bits without a word, so they are read
@@ -43,12 +42,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise OptionError(f"size {text!r} is not WIDTHxHEIGHT, for example 224x224", option="--size")
     return int(m.group(1)), int(m.group(2))
-
-
-def check_color(color: str) -> str:
-    if color not in COLORS:
-        raise OptionError(f"color {color!r} is not one of {', '.join(COLORS)}", option="--color")
-    return color
 
 
 def _open(path: str) -> Image.Image:

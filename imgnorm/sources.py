@@ -19,9 +19,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .decode import check_color, decode
 from .errors import ImageError, OptionError, SourceError
 
+COLORS = ("rgb", "gray", "keep")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff")
 ARRAY_EXTENSIONS = (".npz", ".npy")
 # Top-level folder name (any case) -> split name.
@@ -123,6 +123,12 @@ class Source:
         return f"<Source {self.kind} {self.path!r} splits={ {k: len(v) for k, v in self.splits.items()} }>"
 
 
+def check_color(color: str) -> str:
+    if color not in COLORS:
+        raise OptionError(f"color {color!r} is not one of {', '.join(COLORS)}", option="--color")
+    return color
+
+
 def open_source(path: str | os.PathLike, *, color: str | None = None,
                 size: tuple[int, int] | None = None) -> Source:
     """Open a dataset for reading.
@@ -175,6 +181,7 @@ class FolderSplit(Split):
         return len(self.files)
 
     def read(self, start: int, stop: int, on_error: str = "fail", visit=None, keep: bool = True) -> Batch:
+        from .decode import decode  # imported here: array sources never load Pillow
         images, kept, skipped = [], [], []
         for i in range(start, stop):
             try:
@@ -315,6 +322,7 @@ def _probe_pixels(files: list[str], color: str) -> tuple[int, np.dtype]:
     """Channels and dtype that decoding with ``color`` gives, from the first readable image."""
     if color == "rgb":
         return 3, np.dtype(np.uint8)
+    from .decode import decode
     for path in files[:100]:
         try:
             a = decode(path, color)

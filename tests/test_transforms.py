@@ -172,10 +172,10 @@ def test_decoded_once(photo_folder, tmp_path, monkeypatch, cache_in_memory):
     import imgnorm.pipeline as pipeline
     if not cache_in_memory:
         monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 0)  # the raw file beside OUT
-    import imgnorm.sources as sources
+    import imgnorm.decode as dec
     calls = []
-    real = sources.decode
-    monkeypatch.setattr(sources, "decode", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = dec.decode
+    monkeypatch.setattr(dec, "decode", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     src = open_source(photo_folder, size=(8, 8))
     calls.clear()
     made = []
