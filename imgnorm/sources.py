@@ -596,6 +596,8 @@ def _open_array_file(path: str, color: str | None) -> Source:
                               "(transpose channels-first data)")
         else:
             raise SourceError(f"{x.where}: shape {x.shape} is not (N, H, W) or (N, H, W, C)")
+        if len(x) == 0:
+            raise SourceError(f"{x.where}: holds no images (shape {x.shape}); remove the empty array")
         if dtype is not None and (x.dtype != dtype or ch != channels):
             raise SourceError(f"{x.where}: dtype {x.dtype} with {ch} channels differs from the other "
                               f"splits' {dtype} with {channels}")

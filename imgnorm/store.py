@@ -190,10 +190,12 @@ def _human(n: int) -> str:
 def read_h5_info(path: str | os.PathLike) -> dict:
     """Splits, shapes, dtypes, chunking, compression, labels and attributes of an imgnorm HDF5 file."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise SourceError(f"{path}: no such file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise SourceError(f"{path}: not a readable HDF5 file ({e})") from None
+        raise SourceError(f"{path}: not a readable HDF5 file ({str(e).split(' (')[0]})") from None
     with f:
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         splits = {}

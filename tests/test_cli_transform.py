@@ -114,6 +114,8 @@ def test_inspect_stats_document_and_sources(runner, photo_folder, mnist_npz, tmp
 
 
 def test_inspect_bad_files(runner, tmp_path):
+    r = runner.invoke(cli, ["inspect", str(tmp_path / "missing.h5")])
+    assert r.exit_code == 1 and r.output == f"Error: {tmp_path / 'missing.h5'}: no such file\n"
     (tmp_path / "x.h5").write_bytes(b"nope")
     r = runner.invoke(cli, ["inspect", str(tmp_path / "x.h5")])
     assert r.exit_code == 1 and "not a readable HDF5 file" in r.output

@@ -257,3 +257,9 @@ def test_gray_with_size_converts_like_pillow_after_draft(tmp_path):
     im.draft("RGB", (200, 120))
     want = np.asarray(im.convert("L").resize((200, 120), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(got, want)
+
+
+def test_an_empty_array_is_an_error(tmp_path):
+    np.savez(tmp_path / "e.npz", x_train=np.zeros((0, 3, 3), np.uint8), x_test=np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(SourceError, match=r"e\.npz:x_train: holds no images"):
+        open_source(tmp_path / "e.npz")
