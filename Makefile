@@ -8,8 +8,9 @@ PHOTOS ?= ../shared/data/photos
 
 .PHONY: demo test bench clean
 
-# Re-install only when the project's metadata changes.
-$(VENV)/.installed: pyproject.toml
+# Re-install when the metadata or the C kernel changes (an editable install
+# does not rebuild the extension by itself).
+$(VENV)/.installed: pyproject.toml setup.py imgnorm/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
