@@ -263,3 +263,15 @@ def test_an_empty_array_is_an_error(tmp_path):
     np.savez(tmp_path / "e.npz", x_train=np.zeros((0, 3, 3), np.uint8), x_test=np.zeros((2, 3, 3), np.uint8))
     with pytest.raises(SourceError, match=r"e\.npz:x_train: holds no images"):
         open_source(tmp_path / "e.npz")
+
+
+def test_compressed_members_read_the_same_with_zlib_or_isal(mnist_npz_compressed, monkeypatch):
+    import zlib
+
+    from imgnorm import sources
+    path, arrays = mnist_npz_compressed
+    assert sources._inflate is not zlib  # ISA-L is installed with imgnorm
+    fast = stacked(open_source(path).splits["train"], 7)
+    monkeypatch.setattr(sources, "_inflate", zlib)
+    np.testing.assert_array_equal(stacked(open_source(path).splits["train"], 7), fast)
+    np.testing.assert_array_equal(fast, arrays["x_train"][..., None])
