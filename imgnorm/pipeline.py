@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import ImgnormError, OptionError, SourceError, StatsFileError
+from .errors import ImageError, ImgnormError, OptionError, SourceError, StatsFileError
 from .sources import Batch, FolderSplit, Source, Split
 from .stats import RunningStats, stats_document
 from .transforms import imagenet_fit, need_max_value
@@ -198,8 +198,12 @@ def batch_rows(split: Split, batch_size: int | None, shape: tuple[int, ...] | No
     return max(1, BATCH_BYTES // max(1, int(np.prod(shape)) * 4))
 
 
-def _ranges(n: int, step: int) -> list[tuple[int, int]]:
-    return [(i, min(i + step, n)) for i in range(0, n, step)]
+def _task_ranges(split: Split, batch_size: int | None, workers: int) -> list[tuple[int, int]]:
+    """(start, stop) of each task: a batch, or a smaller share for a decoding worker."""
+    step = batch_rows(split, batch_size)
+    if workers > 1 and isinstance(split, FolderSplit):
+        step = min(WORKER_CHUNK, step)
+    return [(i, min(i + step, len(split))) for i in range(0, len(split), step)]
 
 
 def split_stats_pass(source: Source, split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -207,10 +211,7 @@ def split_stats_pass(source: Source, split: Split, *, batch_size: int = DEFAULT_
                      show_progress: bool = False) -> tuple[RunningStats, list]:
     """One streaming pass over a split: its :class:`RunningStats` and the files skipped."""
     workers = workers or default_workers()
-    batch_size = batch_rows(split, batch_size)
-    step = WORKER_CHUNK if workers > 1 and isinstance(split, FolderSplit) else batch_size
-    step = min(step, batch_size)
-    tasks = [(a, b, source.channels, source.dtype, on_error) for a, b in _ranges(len(split), step)]
+    tasks = [(a, b, source.channels, source.dtype, on_error) for a, b in _task_ranges(split, batch_size, workers)]
     total = RunningStats(source.channels, source.dtype)
     skipped: list = []
     with progress(len(split), f"stats {split.name}", show_progress) as bar, \
@@ -263,9 +264,7 @@ def read_batches(split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE, workers:
     statistics of the batch, computed where and when it was decoded, else None.
     """
     workers = workers or default_workers()
-    batch_size = batch_rows(split, batch_size)
-    step = min(WORKER_CHUNK, batch_size) if workers > 1 and isinstance(split, FolderSplit) else batch_size
-    tasks = [(a, b, on_error, stats_of) for a, b in _ranges(len(split), step)]
+    tasks = [(a, b, on_error, stats_of) for a, b in _task_ranges(split, batch_size, workers)]
     with _mapper(split, workers, len(tasks)) as imap:
         yield from imap(_read_task, tasks)
 
@@ -353,7 +352,6 @@ def image_shape(source: Source, split: Split, on_error: str = "fail") -> tuple[i
     if size is not None:
         return (size[1], size[0], source.channels)
     from .decode import probe
-    from .errors import ImageError
     first = None
     for f in split.files:
         try:

@@ -213,9 +213,6 @@ class RunningStats:
         else:
             d["sums"] = {"kind": "chan", "dtype": self.dtype.name, "shift": [float(v) for v in self.shift_],
                          "mean": [float(v) for v in self._mean], "m2": [float(v) for v in self.m2_]}
-        for key in ("mean", "std"):
-            if has:
-                d["global"][key] = float(d["global"][key])
         return d
 
     @classmethod

@@ -78,9 +78,7 @@ class Scaling:
     def _direct(self, x: np.ndarray, dtype) -> np.ndarray:
         y = (x.astype(np.float64) - self.offset) / self.scale
         if self.clip_rescale:
-            np.clip(y, -1.0, 1.0, out=y)
-            y += 1.0
-            y /= 2.0
+            _clip_rescale(y)
         return y.astype(dtype, copy=False)
 
     def _table(self, in_dtype: np.dtype, dtype: np.dtype) -> np.ndarray:
@@ -199,7 +197,12 @@ def per_image_scaled(x: np.ndarray, method: str, *, max_value: float | None, per
     scale = spread + epsilon if (epsilon and method == "standardize") else np.where(flat, 1.0, spread)
     y = (xf - offset) / scale
     if clip_rescale and method == "standardize":
-        np.clip(y, -1.0, 1.0, out=y)
-        y += 1.0
-        y /= 2.0
+        _clip_rescale(y)
     return y.astype(dtype, copy=False), n_flat
+
+
+def _clip_rescale(y: np.ndarray) -> None:
+    """In place: clip to [-1, 1], then map to [0, 1] with (v + 1) / 2."""
+    np.clip(y, -1.0, 1.0, out=y)
+    y += 1.0
+    y /= 2.0

@@ -227,3 +227,26 @@ def test_bad_stats_file_on_the_cli(runner, mnist_npz, tmp_path, text):
     r = runner.invoke(cli, ["standardize", str(mnist_npz[0]), "--stats", str(tmp_path / "s.json"),
                             "-o", str(tmp_path / "o.h5")])
     assert r.exit_code == 1 and r.output.startswith(f"Error: {tmp_path / 's.json'}:") and r.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("deflated", [False, True])
+def test_npz_member_whose_data_fails_its_crc(tmp_path, deflated):
+    """Data that decodes fine but is not what was stored: refused, as np.load refuses it."""
+    import zipfile
+    buf = io.BytesIO()
+    # large enough that opening reads only the header, so the check at the end of the data is what fires
+    np.save(buf, np.random.default_rng(0).integers(0, 256, (40, 160, 160), dtype=np.uint8))
+    path = tmp_path / "c.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED) as z:
+        z.writestr("x.npy", buf.getvalue())
+    data = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("x.npy")
+    if deflated:  # the stored CRC itself is wrong, in the local header and the central directory
+        crc = struct.pack("<I", info.CRC)
+        data = bytearray(bytes(data).replace(crc, struct.pack("<I", info.CRC ^ 1)))
+    else:  # one pixel changed after the CRC was written
+        data[info.header_offset + 30 + len("x.npy") + 128 + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    src = open_source(path)
+    with pytest.raises(SourceError, match=r"c\.npz:x: corrupt array data \((Bad )?CRC"):
+        np.concatenate([b.images for b in src.splits["all"].batches(8)])
