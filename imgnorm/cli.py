@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import signal
-import sys
 
 import click
 
@@ -268,11 +267,3 @@ def inspect(path, as_json, plot, color, force, quiet):
 
     text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
     click.echo(json.dumps(doc, indent=2) if as_json else text)
-
-
-def main():  # pragma: no cover - console entry for `python -m`
-    cli(prog_name="imgnorm")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

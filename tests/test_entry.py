@@ -1,0 +1,82 @@
+"""The process around the Click app (imgnorm/__main__.py): exit codes, output
+that reaches a pipe in full although the process skips the interpreter's
+teardown, and the environment it sets before numpy loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+def run(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "imgnorm", *args], capture_output=True, text=True,
+                          env=env, timeout=60, **kw)
+
+
+def test_success_prints_everything_and_exits_0(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, x_test=x[:5])
+    out = run("stats", str(tmp_path / "d.npz"), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)  # the whole document arrived before os._exit
+    assert doc["splits"]["train"]["images"] == 50
+
+
+def test_bad_data_exits_1_and_usage_exits_2(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    out = run("stats", str(bad))
+    assert out.returncode == 1 and "bad.npz" in out.stderr and "Traceback" not in out.stderr
+    out = run("stats", str(bad), "--workers", "0")
+    assert out.returncode == 2 and "--workers" in out.stderr
+    assert run("--version").stdout.startswith("imgnorm")
+
+
+def test_large_output_reaches_a_pipe_whole(tmp_path):
+    """More than a pipe buffer of output, read slowly: nothing is cut off."""
+    x = np.zeros((2, 4, 4, 1), np.uint8)
+    np.savez(tmp_path / "d.npz", **{f"x_s{i:03d}": x for i in range(300)})
+    out = run("stats", str(tmp_path / "d.npz"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout) > 65536
+    assert len(json.loads(out.stdout)["splits"]) == 300
+
+
+def test_reader_that_goes_away_is_quiet(tmp_path):
+    x = np.zeros((2, 4, 4, 1), np.uint8)
+    np.savez(tmp_path / "d.npz", **{f"x_s{i:03d}": x for i in range(300)})
+    proc = subprocess.Popen([sys.executable, "-m", "imgnorm", "stats", str(tmp_path / "d.npz"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()  # like `| head -c 10`
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 1)
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_openblas_threads_default_to_one_and_user_setting_wins():
+    code = ("import os, runpy, sys; sys.argv = ['imgnorm', '--version']\n"
+            "import imgnorm.__main__ as m\n"
+            "os._exit = lambda c: (print(os.environ.get('OPENBLAS_NUM_THREADS')), sys.stdout.flush(), "
+            "sys.exit(c))\n"
+            "m.main()")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.splitlines()[-1] == "1", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OPENBLAS_NUM_THREADS": "2"}, timeout=60)
+    assert out.stdout.splitlines()[-1] == "2", out.stderr
+
+
+def test_help_does_not_load_numpy():
+    code = ("import sys; sys.argv = ['imgnorm', '--help']\n"
+            "import os, imgnorm.__main__ as m\n"
+            "os._exit = lambda c: (print('numpy' in sys.modules), sys.stdout.flush(), sys.exit(c))\n"
+            "m.main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines()[-1] == "False", out.stdout + out.stderr
