@@ -14,6 +14,11 @@ import numpy as np
 
 from .errors import OptionError, StatsFileError
 
+try:  # the optional C accelerator (see _kernels.c); numpy's take() gives identical results
+    from ._kernels import lut_apply as _lut_apply
+except ImportError:  # pragma: no cover - built without a C compiler
+    _lut_apply = None
+
 METHODS = ("normalize", "center", "standardize")
 DTYPES = ("float32", "float16", "float64")
 
@@ -58,14 +63,18 @@ class Scaling:
         if x.dtype in (np.uint8, np.uint16) and x.size > (1 << 16):
             # 8- and 16-bit pixels take few values: compute each once and look
             # them up.  The table holds exactly what the direct formula gives.
-            lut = self._table(x.dtype, dtype)
-            channels = x.shape[-1]
+            table = self._table(x.dtype, dtype)  # (channels, levels)
+            channels, levels = x.shape[-1], table.shape[1]
+            if _lut_apply is not None and x.flags.c_contiguous:
+                out = np.empty(x.shape, dtype)
+                _lut_apply(x, x.itemsize, table, levels, channels, out, out.itemsize)
+                return out
             if channels == 1:
-                return np.take(lut[:, 0], x, mode="clip")  # every level is in the table
-            # One gather from a (channels * levels) table, indexed by
-            # level + channel * levels, straight into the contiguous output.
-            flat = np.ascontiguousarray(lut.T).reshape(-1)
-            offsets = (np.arange(channels) * lut.shape[0]).astype(np.uint32 if x.dtype == np.uint16 else np.uint16)
+                return np.take(table[0], x, mode="clip")  # every level is in the table
+            # One gather from the flat table, indexed by level + channel * levels,
+            # straight into the contiguous output.
+            flat = table.reshape(-1)
+            offsets = (np.arange(channels) * levels).astype(np.uint32 if x.dtype == np.uint16 else np.uint16)
             out = np.empty(x.shape, dtype)
             rows = max(1, (1 << 20) // max(1, x[0].size))  # take() widens indices to intp: bound that
             for i in range(0, len(x), rows):
@@ -82,11 +91,11 @@ class Scaling:
         return y.astype(dtype, copy=False)
 
     def _table(self, in_dtype: np.dtype, dtype: np.dtype) -> np.ndarray:
-        """(levels, channels) table of the scaled value of every pixel level."""
+        """(channels, levels) contiguous table of the scaled value of every pixel level."""
         key = (np.dtype(in_dtype), dtype)
         if key not in self._luts:
             levels = np.arange(np.iinfo(in_dtype).max + 1, dtype=in_dtype)
-            self._luts[key] = self._direct(levels[:, None], dtype)
+            self._luts[key] = np.ascontiguousarray(self._direct(levels[:, None], dtype).T)
         return self._luts[key]
 
     def bound(self, lo: float, hi: float) -> float:

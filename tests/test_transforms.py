@@ -249,13 +249,37 @@ def test_scaling_and_per_image_functions_directly(rng):
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("out", ["float32", "float16", "float64"])
-def test_lookup_table_path_equals_the_direct_formula(rng, in_dtype, channels, clip, out):
+@pytest.mark.parametrize("kernel", ["c", "numpy"])
+def test_lookup_table_path_equals_the_direct_formula(rng, in_dtype, channels, clip, out, kernel, monkeypatch):
+    import imgnorm.transforms as tr
+    if kernel == "c":
+        assert tr._lut_apply is not None, "imgnorm._kernels was not built (needs a C compiler)"
+    else:
+        monkeypatch.setattr(tr, "_lut_apply", None)
     top = np.iinfo(in_dtype).max
     x = rng.integers(0, top + 1, (40, 50, 40, channels)).astype(in_dtype)  # large enough for the table path
+    x[0, 0, 0] = 0
+    x[-1, -1, -1] = top  # both ends of the table
     s = Scaling(rng.uniform(0, top, channels), rng.uniform(1, top / 3, channels), clip_rescale=clip)
     fast = s.apply(x, out)
     assert fast.dtype == np.dtype(out) and fast.shape == x.shape
     np.testing.assert_array_equal(fast, s._direct(x, np.dtype(out)))
+    odd = x[:, ::2]  # not contiguous: the numpy path
+    np.testing.assert_array_equal(s.apply(odd, out), s._direct(odd, np.dtype(out)))
+
+
+def test_lookup_kernel_refuses_mismatched_buffers():
+    from imgnorm._kernels import lut_apply
+    x = np.zeros((4, 3), np.uint8)
+    table = np.zeros((3, 256), np.float32)
+    lut_apply(x, 1, table, 256, 3, np.empty((4, 3), np.float32), 4)
+    for args in [(x, 1, table, 256, 3, np.empty((4, 2), np.float32), 4),  # output too small
+                 (x, 1, table, 255, 3, np.empty((4, 3), np.float32), 4),  # table size
+                 (x, 1, table, 256, 2, np.empty((4, 3), np.float32), 4),  # not whole pixels
+                 (x, 3, table, 256, 3, np.empty((4, 3), np.float32), 4),
+                 (x, 1, table, 256, 3, np.empty((4, 3), np.float32), 3)]:
+        with pytest.raises(ValueError):
+            lut_apply(*args)
 
 
 def test_one_split_written_with_the_train_statistics(same_size_folder, tmp_path):
