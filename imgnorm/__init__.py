@@ -23,7 +23,11 @@ _EXPORTS = {
     "stats_document": "stats",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "__version__", "Batch", "ImageError", "ImgnormError", "OptionError", "OutputError", "RunningStats",
+    "Source", "SourceError", "Split", "StatsFileError", "compute_stats", "merge_documents", "open_source",
+    "read_stats_document", "stats_document",
+]
 
 
 def __getattr__(name: str):

@@ -80,3 +80,12 @@ def test_help_does_not_load_numpy():
             "m.main()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_public_names_resolve():
+    import imgnorm
+    assert sorted(imgnorm.__all__) == sorted(["__version__", *imgnorm._EXPORTS])
+    for name in imgnorm.__all__:
+        assert getattr(imgnorm, name) is not None
+    with __import__("pytest").raises(AttributeError):
+        imgnorm.nope  # noqa: B018
