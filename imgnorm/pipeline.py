@@ -489,7 +489,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             if fit_name not in shapes:
                 shapes[fit_name] = image_shape(source, split, on_error)
             rs = RunningStats(source.channels, source.dtype)
-            if fit_name in names and not split.random_access:
+            if fit_name in names and split.keep_between_passes:
                 cache = PixelCache(folder, shapes[fit_name], source.dtype, len(split))
                 stack.callback(cache.close)
             with progress(len(split), f"stats {fit_name}", show_progress) as bar:

@@ -84,6 +84,12 @@ class Split:
         """True when reading again costs no decoding or decompression."""
         return False
 
+    @property
+    def keep_between_passes(self) -> bool:
+        """True when the pixels are worth keeping from the statistics pass to the
+        writing pass: reading them again costs more than holding them."""
+        return not self.random_access
+
 
 class Source:
     """A dataset: named splits plus what is known about its pixels."""
@@ -609,6 +615,13 @@ class ArraySplit(Split):
     @property
     def random_access(self) -> bool:
         return self._x._data_start is not None
+
+    @property
+    def keep_between_passes(self) -> bool:
+        # Inflating a member again (~1 GB/s with ISA-L) runs in the writer's
+        # read-ahead thread, beside the HDF5 writes; holding it would put the
+        # whole member in memory (or in a file) and touch every page twice.
+        return False
 
     @property
     def shape(self):

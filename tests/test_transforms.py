@@ -308,3 +308,21 @@ def test_reserved_space_is_trimmed_and_the_file_stays_valid(mnist_npz, tmp_path)
     assert os.path.getsize(out) >= (50 + 20) * 8 * 8 * 4  # all the data is there
     with h5py.File(out) as f:
         assert f["train/x"].shape == (50, 8, 8, 1) and f.attrs["method"] == "normalize"
+
+
+def test_compressed_member_is_inflated_again_not_kept(mnist_npz_compressed, tmp_path, monkeypatch):
+    """The fit split of a compressed .npz is read twice (statistics, then
+    writing) rather than held: same output as the stored file, no cache."""
+    import imgnorm.pipeline as pipeline
+    path, arrays = mnist_npz_compressed
+    np.savez(tmp_path / "stored.npz", **arrays)
+    monkeypatch.setattr(pipeline, "PixelCache", None)  # any use fails
+    src = open_source(path)
+    assert not src.splits["train"].keep_between_passes
+    transform_to_hdf5(src, str(tmp_path / "c.h5"), "standardize", batch_size=7)
+    transform_to_hdf5(open_source(tmp_path / "stored.npz"), str(tmp_path / "s.h5"), "standardize")
+    x = arrays["x_train"].astype(np.float64)
+    for split in ("train", "test"):
+        want = ((arrays[f"x_{split}"] - x.mean()) / x.std()).astype(np.float32)[..., None]
+        np.testing.assert_array_equal(stored(tmp_path / "c.h5", split), want)
+        np.testing.assert_array_equal(stored(tmp_path / "s.h5", split), want)
