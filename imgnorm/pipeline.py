@@ -3,10 +3,12 @@ worker processes and progress bars."""
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
 import sys
+import threading
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
@@ -64,19 +66,19 @@ def progress(total: int, desc: str, show: bool):
 _WORKER_SPLIT: Split | None = None
 
 
-def _stats_task(args) -> tuple[RunningStats, list]:
+def _stats_task(args, split: Split | None = None) -> tuple[RunningStats, list]:
     """Statistics of images start:stop; the pixels themselves stay in the worker."""
     start, stop, channels, dtype, on_error = args
     rs = RunningStats(channels, dtype)
-    batch = _WORKER_SPLIT.read(start, stop, on_error, visit=rs.update, keep=False)
+    batch = (split or _WORKER_SPLIT).read(start, stop, on_error, visit=rs.update, keep=False)
     return rs, batch.skipped
 
 
-def _read_task(args) -> tuple[Batch, RunningStats | None]:
+def _read_task(args, split: Split | None = None) -> tuple[Batch, RunningStats | None]:
     """Images start:stop, and their statistics when asked (computed as each is decoded)."""
     start, stop, on_error, stats_of = args
     rs = RunningStats(*stats_of) if stats_of else None
-    return _WORKER_SPLIT.read(start, stop, on_error, visit=rs.update if rs else None), rs
+    return (split or _WORKER_SPLIT).read(start, stop, on_error, visit=rs.update if rs else None), rs
 
 
 def _worker_main(split: Split, conn) -> None:
@@ -170,11 +172,15 @@ class WorkerPool:
         self.procs, self.conns = [], []
 
 
+def _forks_workers(split: Split, workers: int | None, n_tasks: int = 2) -> bool:
+    """Whether reading ``split`` runs in worker processes (image folders on several cores)."""
+    return (workers or default_workers()) > 1 and isinstance(split, FolderSplit) and n_tasks > 1
+
+
 @contextmanager
 def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
     """An ordered ``map`` over tasks: worker processes for image folders, else in-process."""
-    global _WORKER_SPLIT
-    if workers > 1 and isinstance(split, FolderSplit) and n_tasks > 1:
+    if _forks_workers(split, workers, n_tasks):
         pool = WorkerPool(split, min(workers, n_tasks))
         try:
             yield pool.imap
@@ -184,8 +190,7 @@ def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
         else:
             pool.close()
     else:
-        _WORKER_SPLIT = split
-        yield lambda fn, tasks: map(fn, tasks)
+        yield lambda fn, tasks: (fn(t, split) for t in tasks)
 
 
 def batch_rows(split: Split, batch_size: int | None, shape: tuple[int, ...] | None = None) -> int:
@@ -449,8 +454,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
     """
     from .outputs import atomic_output, check_output, write_json
     from .report import channel_names
-    from .store import H5Writer, check_writable_dtype
-    from .transforms import feature_scaling, per_image_scaled
+    from .transforms import check_writable_dtype, feature_scaling, per_image_scaled
 
     _check_options(method, per_channel=per_channel, per_image=per_image, minmax=minmax, unit=unit,
                    clip_rescale=clip_rescale, epsilon=epsilon, stats=stats, fit_split=fit_split)
@@ -481,30 +485,28 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
     warnings: list[str] = []
     folder = os.path.dirname(os.path.abspath(output))
     with atomic_output(output, force) as tmp, ExitStack() as stack:
-        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
-                                              reserve_bytes=_output_bound(source, names, shapes, out_dtype)))
-        cache = None
+        cache = fit = None
         if needs_fit:
             split = source.splits[fit_name]
             if fit_name not in shapes:
                 shapes[fit_name] = image_shape(source, split, on_error)
-            rs = RunningStats(source.channels, source.dtype)
             if fit_name in names and split.keep_between_passes:
                 cache = PixelCache(folder, shapes[fit_name], source.dtype, len(split))
                 stack.callback(cache.close)
-            with progress(len(split), f"stats {fit_name}", show_progress) as bar:
-                fit_batches = read_batches(split, batch_size=batch_rows(split, batch_size, shapes[fit_name]),
-                                           workers=workers, on_error=on_error,
-                                           stats_of=(source.channels, source.dtype))
-                for batch, x, part in ahead(fit_batches, lambda bs: (bs[0], _as_array(bs[0], shapes[fit_name]),
-                                                                     bs[1])):
-                    rs.merge(part)
-                    skipped.extend(batch.skipped)
-                    if cache is not None:
-                        cache.append(Batch(x, batch.labels, batch.files, batch.start))
-                    bar.update(len(batch) + len(batch.skipped))
-            if rs.images_ == 0:
-                raise SourceError(f"{source.path}: no image of split {fit_name} could be read")
+            fit = functools.partial(_fit_pass, source, split, shapes[fit_name], cache=cache,
+                                    batch_size=batch_size, workers=workers, on_error=on_error,
+                                    show_progress=show_progress)
+            if not _forks_workers(split, workers):
+                # Read the fit split while HDF5 is imported and the output made
+                # (forking workers beside a thread that imports is unsafe).
+                fit = _Background(fit)
+                stack.callback(fit.stop)
+        from .store import H5Writer  # imports h5py
+        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
+                                              reserve_bytes=_output_bound(source, names, shapes, out_dtype)))
+        if needs_fit:
+            rs, fit_skipped = fit.result() if isinstance(fit, _Background) else fit()
+            skipped.extend(fit_skipped)
             results[fit_name] = rs
             scaling = scaling_from(rs.to_dict(), per_channel)
             if out_dtype == np.float16:
@@ -575,6 +577,66 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
         write_json(stats_out, doc, force)
     return {"output": output, "rows": rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
             "skipped": skipped}
+
+
+def _fit_pass(source: Source, split: Split, shape: tuple[int, ...], *, cache: PixelCache | None,
+              batch_size: int | None, workers: int | None, on_error: str, show_progress: bool,
+              cancel: threading.Event | None = None) -> tuple[RunningStats, list]:
+    """Statistics of the fit split in one streaming pass, its pixels kept in ``cache`` if given.
+
+    Returns the split's :class:`RunningStats` and the images skipped.
+    """
+    rs = RunningStats(source.channels, source.dtype)
+    skipped: list = []
+    in_process = not _forks_workers(split, workers)
+    with progress(len(split), f"stats {split.name}", show_progress) as bar:
+        # Worker processes compute each image's statistics as they decode it;
+        # read here, a batch's statistics are computed while the next is read.
+        batches = read_batches(split, batch_size=batch_rows(split, batch_size, shape), workers=workers,
+                               on_error=on_error, stats_of=None if in_process else (source.channels, source.dtype))
+        for batch, x, part in ahead(batches, lambda bs: (bs[0], _as_array(bs[0], shape), bs[1])):
+            if cancel is not None and cancel.is_set():
+                break
+            if part is None:
+                rs.update(x)
+            else:
+                rs.merge(part)
+            skipped.extend(batch.skipped)
+            if cache is not None:
+                cache.append(Batch(x, batch.labels, batch.files, batch.start))
+            bar.update(len(batch) + len(batch.skipped))
+    if rs.images_ == 0:
+        raise SourceError(f"{source.path}: no image of split {split.name} could be read")
+    return rs, skipped
+
+
+class _Background:
+    """``fn(cancel=event)`` run in a thread; :meth:`result` waits and re-raises its error."""
+
+    def __init__(self, fn: Callable):
+        self._cancel = threading.Event()
+        self._outcome: tuple[bool, object] | None = None
+
+        def run():
+            try:
+                self._outcome = (True, fn(cancel=self._cancel))
+            except BaseException as e:  # handed to result()
+                self._outcome = (False, e)
+
+        self._thread = threading.Thread(target=run, name="imgnorm-fit", daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """Ask the thread to stop after its current batch, and wait for it."""
+        self._cancel.set()
+        self._thread.join()
 
 
 def ahead(items: Iterator, fn: Callable, depth: int = 1) -> Iterator:

@@ -235,9 +235,3 @@ def iter_stored(path: str, split: str, batch_size: int = 256):
         step = max(batch_size, x.chunks[0] if x.chunks else 1)
         for i in range(0, x.shape[0], step):
             yield x[i:i + step]
-
-
-def check_writable_dtype(dtype: str) -> np.dtype:
-    if dtype not in ("float32", "float16", "float64"):
-        raise OptionError(f"dtype {dtype!r} is not one of float32, float16, float64", option="--dtype")
-    return np.dtype(dtype)

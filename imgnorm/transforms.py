@@ -27,6 +27,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def check_writable_dtype(dtype: str) -> np.dtype:
+    """The output dtype, one of :data:`DTYPES`."""
+    if dtype not in DTYPES:
+        raise OptionError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}", option="--dtype")
+    return np.dtype(dtype)
+
+
 @dataclass
 class Scaling:
     """What a method does to a pixel: ``(x - offset) / scale``.
