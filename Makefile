@@ -30,9 +30,16 @@ demo: $(VENV)/.installed
 	$(BIN)/imgnorm standardize demo/shapes --size 64x64 --per-channel -o demo/shapes.h5 --stats-out demo/shapes-fit.json
 	$(BIN)/imgnorm inspect demo/shapes.h5 --plot demo/shapes-hist.png
 
-bench: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test,bench]'
-	$(BIN)/python benchmarks/run.py --photos $(PHOTOS)
+# Benchmarks measure imgnorm as users install it: a regular (not editable)
+# install in its own environment, with compiled bytecode and no editable
+# import hook; the peers run with the same interpreter and packages.
+BENCH_VENV := .venv-bench
+bench:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet '.[bench]'
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps --force-reinstall .
+	$(BENCH_VENV)/bin/python benchmarks/run.py --photos $(PHOTOS)
 
 clean:
-	rm -rf $(VENV) demo .bench .pytest_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) demo .bench .pytest_cache *.egg-info

@@ -26,7 +26,10 @@ sys.path.insert(0, HERE)
 from datasets import make_digits_npz, make_photo_copies  # noqa: E402
 
 PY = sys.executable
-IMGNORM = [PY, "-m", "imgnorm"]
+# The installed console command, as users run it (`python -m imgnorm` from the
+# repository root would import the source tree instead of the installed copy).
+_SCRIPT = os.path.join(os.path.dirname(PY), "imgnorm")
+IMGNORM = [_SCRIPT] if os.path.exists(_SCRIPT) else [PY, "-m", "imgnorm"]
 
 
 def tree_rss_kib(pid: int) -> int:
