@@ -25,6 +25,10 @@ DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
 # their time in per-call overhead; 224x224 RGB ones would hold 40 MB each);
 # images of unknown sizes come this many at a time.
 BATCH_BYTES = 4 << 20
+# The HDF5 writer's chunk size (store.CHUNK_BYTES, not imported here: it
+# would import h5py). Automatic batches are whole chunks of float32 output,
+# so that the writer hands full chunks straight to the file.
+CHUNK_BYTES = 1 << 20
 FOLDER_BATCH = 64
 # A fit split whose decoded pixels fit in this is cached in memory, not on disk.
 IN_MEMORY_CACHE = 128 << 20
@@ -193,14 +197,21 @@ def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
         yield lambda fn, tasks: (fn(t, split) for t in tasks)
 
 
-def batch_rows(split: Split, batch_size: int | None, shape: tuple[int, ...] | None = None) -> int:
-    """Images per batch: ``batch_size`` if given, else chosen from the image shape."""
+def batch_rows(split: Split | None, batch_size: int | None, shape: tuple[int, ...] | None = None,
+               out_itemsize: int = 4) -> int:
+    """Images per batch: ``batch_size`` if given, else chosen from the image shape.
+
+    Automatic batches are about :data:`BATCH_BYTES` of float32 and a whole
+    number of output chunks (of ``out_itemsize`` bytes per value).
+    """
     if batch_size:
         return batch_size
     shape = shape or split.shape
     if shape is None:
         return FOLDER_BATCH
-    return max(1, BATCH_BYTES // max(1, int(np.prod(shape)) * 4))
+    values = max(1, int(np.prod(shape)))
+    chunk = max(1, CHUNK_BYTES // (values * out_itemsize))
+    return max(1, BATCH_BYTES // (values * 4) // chunk) * chunk
 
 
 def _task_ranges(split: Split, batch_size: int | None, workers: int) -> list[tuple[int, int]]:
@@ -522,10 +533,11 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
                                 with_files=split.files is not None)
             fresh = name not in results
             rs = RunningStats(source.channels, source.dtype) if fresh else results[name]
+            per_batch = batch_rows(split, batch_size, shapes[name], out_dtype.itemsize)
             if cache is not None and name == fit_name:
-                batches = ((b, None) for b in cache.batches(batch_rows(split, batch_size, shapes[name])))
+                batches = ((b, None) for b in cache.batches(per_batch))
             else:
-                batches = read_batches(split, batch_size=batch_rows(split, batch_size, shapes[name]),
+                batches = read_batches(split, batch_size=per_batch,
                                        workers=workers, on_error=on_error,
                                        stats_of=(source.channels, source.dtype) if fresh else None)
 

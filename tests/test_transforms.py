@@ -361,3 +361,48 @@ def test_bad_data_in_the_fit_split_is_raised_from_the_background(tmp_path):
     with pytest.raises(SourceError, match="NaN"):
         transform_to_hdf5(open_source(tmp_path / "f.npz"), str(tmp_path / "o.h5"), "standardize")
     assert sorted(os.listdir(tmp_path)) == ["f.npz"]
+
+
+@pytest.mark.parametrize("dtype, layout, compression", [
+    ("float32", "nhwc", "none"), ("float16", "nhwc", "none"), ("float64", "nhwc", "none"),
+    ("float32", "nchw", "none"), ("float32", "nhwc", "lzf")])
+def test_writer_full_chunks_direct_rest_through_hdf5_same_file(tmp_path, monkeypatch, rng, dtype, layout,
+                                                                compression):
+    """Batches of every alignment against the chunks: what is read back is what was written."""
+    from imgnorm.store import H5Writer, chunk_rows
+    direct = []
+    real = H5Writer._write_chunk
+    monkeypatch.setattr(H5Writer, "_write_chunk", staticmethod(lambda d, r, x: direct.append(r) or real(d, r, x)))
+    shape = (16, 16, 3)
+    n = 3 * chunk_rows(10 ** 6, shape, dtype) + 5  # three full chunks and a partial one
+    x = rng.normal(size=(n,) + shape).astype(dtype)
+    for sizes in ([n], [7, 200, n], [chunk_rows(n, shape, dtype)] * 4, [1] * 3 + [n]):
+        path = tmp_path / f"{len(direct)}.h5"
+        with H5Writer(str(path), dtype=dtype, layout=layout, compression=compression) as w:
+            w.create_split("train", n, shape)
+            a = 0
+            for size in sizes:
+                b = min(n, a + size)
+                w.write("train", x[a:b])
+                a = b
+                if a == n:
+                    break
+            assert w.finish_split("train") == n
+        with h5py.File(path) as f:
+            got = f["train/x"][...]
+        np.testing.assert_array_equal(got if layout == "nhwc" else got.transpose(0, 2, 3, 1), x)
+    if layout == "nhwc" and compression == "none":
+        assert direct  # the direct path was taken
+    else:
+        assert not direct
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (64, 64, 3), (224, 224, 3), (3, 5, 1), (1024, 1024, 3)])
+def test_automatic_batches_are_whole_output_chunks(shape):
+    import imgnorm.pipeline as pipeline
+    import imgnorm.store as store
+    assert pipeline.CHUNK_BYTES == store.CHUNK_BYTES
+    for dtype in ("float32", "float64", "float16"):
+        rows = pipeline.batch_rows(None, None, shape, np.dtype(dtype).itemsize)
+        assert rows % store.chunk_rows(10 ** 9, shape, dtype) == 0
+        assert rows * np.prod(shape) * 4 <= pipeline.BATCH_BYTES or rows == store.chunk_rows(10 ** 9, shape, dtype)
