@@ -3,8 +3,9 @@
 Builds its own inputs in .bench/ (no downloads): an MNIST-shaped .npz and
 folders of symlinked copies of the shared real photos. Each round runs
 imgnorm and every peer once (alternating who goes first); the table gives the
-median wall time, the median peak RSS (the whole process tree, sampled every
-5 ms from /proc) and the median of the per-round time ratios.
+median wall time, the median peak RSS (the process's own peak from the kernel,
+or the whole process tree's sampled every 10 ms from /proc, whichever is
+larger) and the median of the per-round time ratios.
 
     python benchmarks/run.py --photos ../shared/data/photos [--rounds 3] [--only mnist,stats,resize,memory]
 """
@@ -52,21 +53,44 @@ def tree_rss_kib(pid: int) -> int:
 
 
 def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]:
-    """Run ``cmd``; return wall seconds, peak tree RSS in MiB and stdout."""
+    """Run ``cmd``; return wall seconds, peak RSS in MiB and stdout.
+
+    The wall time ends when wait4() returns (no polling delay). Peak RSS is
+    the larger of the process's own maximum from the kernel (exact, for
+    single-process runs) and the whole process tree's resident memory
+    summed, sampled every 10 ms from another thread (for runs with workers).
+    """
+    import threading
+
     for path in cleanup:
         if os.path.exists(path):
             os.remove(path)
+    # Write the previous run's output back to disk now, so that its write-back
+    # does not run (on these two cores) inside this run's time.
+    os.sync()
+    done = threading.Event()
+    peak = [0]
+
+    def sample(pid):
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], tree_rss_kib(pid))
+
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss_kib(proc.pid))
-        time.sleep(0.005)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    sampler = threading.Thread(target=sample, args=(proc.pid,), daemon=True)
+    sampler.start()
+    # Outputs are small; read them after the exit (a full pipe would block the child: these print little).
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.stdout.close()
+    proc.stderr.close()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, peak / 1024, out
+    return wall, max(peak[0], usage.ru_maxrss) / 1024, out
 
 
 def run_case(name: str, runs: dict[str, tuple[list[str], list[str]]], rounds: int) -> dict:
