@@ -3,10 +3,10 @@ worker processes and progress bars."""
 
 from __future__ import annotations
 
-import functools
 import json
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 from contextlib import ExitStack, contextmanager
@@ -65,35 +65,36 @@ def progress(total: int, desc: str, show: bool):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-# Worker processes inherit the split when they fork, instead of receiving it
-# with every task.
-_WORKER_SPLIT: Split | None = None
+# Worker processes inherit the splits (by name) when they fork, instead of
+# receiving them with every task.
+_WORKER_SPLITS: dict[str, Split] = {}
 
 
-def _stats_task(args, split: Split | None = None) -> tuple[RunningStats, list]:
-    """Statistics of images start:stop; the pixels themselves stay in the worker."""
-    start, stop, channels, dtype, on_error = args
+def _stats_task(args, splits: dict[str, Split] | None = None) -> tuple[RunningStats, list]:
+    """Statistics of images start:stop of a split; the pixels themselves stay in the worker."""
+    name, start, stop, channels, dtype, on_error = args
     rs = RunningStats(channels, dtype)
-    batch = (split or _WORKER_SPLIT).read(start, stop, on_error, visit=rs.update, keep=False)
+    batch = (splits or _WORKER_SPLITS)[name].read(start, stop, on_error, visit=rs.update, keep=False)
     return rs, batch.skipped
 
 
-def _read_task(args, split: Split | None = None) -> tuple[Batch, RunningStats | None]:
-    """Images start:stop, and their statistics when asked (computed as each is decoded)."""
-    start, stop, on_error, stats_of = args
+def _read_task(args, splits: dict[str, Split] | None = None) -> tuple[Batch, RunningStats | None]:
+    """Images start:stop of a split, and their statistics when asked (computed as each is decoded)."""
+    name, start, stop, on_error, stats_of = args
     rs = RunningStats(*stats_of) if stats_of else None
-    return (split or _WORKER_SPLIT).read(start, stop, on_error, visit=rs.update if rs else None), rs
+    split = (splits or _WORKER_SPLITS)[name]
+    return split.read(start, stop, on_error, visit=rs.update if rs else None), rs
 
 
-def _worker_main(split: Split, conn) -> None:
+def _worker_main(splits: dict[str, Split], conn) -> None:
     """Run tasks from ``conn`` until told to stop or the parent goes away."""
-    global _WORKER_SPLIT
+    global _WORKER_SPLITS
     import signal
     # Ctrl-C reaches the whole process group: the parent handles it and kills
     # the workers, so they stay quiet instead of printing tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _WORKER_SPLIT = split
+    _WORKER_SPLITS = splits
     while True:
         try:
             msg = conn.recv()
@@ -121,7 +122,7 @@ class WorkerPool:
     at most ``depth`` tasks queued.
     """
 
-    def __init__(self, split: Split, n: int, depth: int = 2):
+    def __init__(self, splits: dict[str, Split], n: int, depth: int = 2):
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
         self.depth = depth
@@ -129,7 +130,7 @@ class WorkerPool:
         try:
             for _ in range(n):
                 parent, child = ctx.Pipe()
-                p = ctx.Process(target=_worker_main, args=(split, child), daemon=True)
+                p = ctx.Process(target=_worker_main, args=(splits, child), daemon=True)
                 p.start()
                 child.close()
                 self.conns.append(parent)
@@ -182,10 +183,14 @@ def _forks_workers(split: Split, workers: int | None, n_tasks: int = 2) -> bool:
 
 
 @contextmanager
-def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
-    """An ordered ``map`` over tasks: worker processes for image folders, else in-process."""
-    if _forks_workers(split, workers, n_tasks):
-        pool = WorkerPool(split, min(workers, n_tasks))
+def _mapper(splits: dict[str, Split], workers: int, n_tasks: int) -> Iterator[Callable]:
+    """An ordered ``map`` over tasks: worker processes for image folders, else in-process.
+
+    One pool serves every split in ``splits``: no start-up per split, and no
+    idle worker at a split's end while tasks of the next are waiting.
+    """
+    if any(_forks_workers(s, workers, n_tasks) for s in splits.values()):
+        pool = WorkerPool(splits, min(workers, n_tasks))
         try:
             yield pool.imap
         except BaseException:
@@ -194,7 +199,7 @@ def _mapper(split: Split, workers: int, n_tasks: int) -> Iterator[Callable]:
         else:
             pool.close()
     else:
-        yield lambda fn, tasks: (fn(t, split) for t in tasks)
+        yield lambda fn, tasks: (fn(t, splits) for t in tasks)
 
 
 def batch_rows(split: Split | None, batch_size: int | None, shape: tuple[int, ...] | None = None,
@@ -222,23 +227,6 @@ def _task_ranges(split: Split, batch_size: int | None, workers: int) -> list[tup
     return [(i, min(i + step, len(split))) for i in range(0, len(split), step)]
 
 
-def split_stats_pass(source: Source, split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                     workers: int | None = None, on_error: str = "fail",
-                     show_progress: bool = False) -> tuple[RunningStats, list]:
-    """One streaming pass over a split: its :class:`RunningStats` and the files skipped."""
-    workers = workers or default_workers()
-    tasks = [(a, b, source.channels, source.dtype, on_error) for a, b in _task_ranges(split, batch_size, workers)]
-    total = RunningStats(source.channels, source.dtype)
-    skipped: list = []
-    with progress(len(split), f"stats {split.name}", show_progress) as bar, \
-            _mapper(split, workers, len(tasks)) as imap:
-        for (a, b, *_), (part, skip) in zip(tasks, imap(_stats_task, tasks)):
-            total.merge(part)
-            skipped.extend(skip)
-            bar.update(b - a)
-    return total, skipped
-
-
 def compute_stats(source: Source, *, split: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   workers: int | None = None, on_error: str = "fail", show_progress: bool = False) -> dict:
     """Statistics of every split of ``source`` (or of one), as a stats document.
@@ -256,14 +244,27 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int =
         does not depend on it.
     """
     names = [source.split(split).name] if split else list(source.splits)
-    results, skipped = {}, []
+    splits = {name: source.splits[name] for name in names}
+    workers = workers or default_workers()
+    tasks = [(name, a, b, source.channels, source.dtype, on_error)
+             for name in names for a, b in _task_ranges(splits[name], batch_size, workers)]
+    results = {name: RunningStats(source.channels, source.dtype) for name in names}
+    skipped: dict[str, list] = {name: [] for name in names}
+    with ExitStack() as bars, _mapper(splits, workers, len(tasks)) as imap:
+        bar, current = None, None
+        for (name, a, b, *_), (part, skip) in zip(tasks, imap(_stats_task, tasks)):
+            if name != current:  # a bar per split, in turn
+                bars.close()
+                bar, current = bars.enter_context(progress(len(splits[name]), f"stats {name}", show_progress)), name
+            results[name].merge(part)
+            skipped[name].extend(skip)
+            bar.update(b - a)
     for name in names:
-        results[name], sk = split_stats_pass(source, source.splits[name], batch_size=batch_size,
-                                             workers=workers, on_error=on_error, show_progress=show_progress)
-        skipped.extend(sk)
-        if results[name].images_ == 0 and len(source.splits[name]):
+        sk = skipped[name]
+        if results[name].images_ == 0 and len(splits[name]):
             raise SourceError(f"{source.path}: no image of split {name} could be read "
                               f"({len(sk)} skipped, first: {sk[0][0]}: {sk[0][1]})")
+    skipped = [s for name in names for s in skipped[name]]
     fit = source.fit_split if source.fit_split in results else names[0]
     return stats_document(source=os.path.abspath(source.path), color=source.color, channels=source.channels,
                           max_value=source.max_value, splits=results, fit_split=fit, skipped=skipped)
@@ -280,8 +281,8 @@ def read_batches(split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE, workers:
     statistics of the batch, computed where and when it was decoded, else None.
     """
     workers = workers or default_workers()
-    tasks = [(a, b, on_error, stats_of) for a, b in _task_ranges(split, batch_size, workers)]
-    with _mapper(split, workers, len(tasks)) as imap:
+    tasks = [(split.name, a, b, on_error, stats_of) for a, b in _task_ranges(split, batch_size, workers)]
+    with _mapper({split.name: split}, workers, len(tasks)) as imap:
         yield from imap(_read_task, tasks)
 
 
@@ -496,7 +497,12 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
     warnings: list[str] = []
     folder = os.path.dirname(os.path.abspath(output))
     with atomic_output(output, force) as tmp, ExitStack() as stack:
-        cache = fit = None
+        from .store import H5Writer  # imports h5py
+
+        # The output (and its disk space) first: a full disk fails before the fit pass.
+        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
+                                              reserve_bytes=_output_bound(source, names, shapes, out_dtype)))
+        cache = None
         if needs_fit:
             split = source.splits[fit_name]
             if fit_name not in shapes:
@@ -504,19 +510,8 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             if fit_name in names and split.keep_between_passes:
                 cache = PixelCache(folder, shapes[fit_name], source.dtype, len(split))
                 stack.callback(cache.close)
-            fit = functools.partial(_fit_pass, source, split, shapes[fit_name], cache=cache,
-                                    batch_size=batch_size, workers=workers, on_error=on_error,
-                                    show_progress=show_progress)
-            if not _forks_workers(split, workers):
-                # Read the fit split while HDF5 is imported and the output made
-                # (forking workers beside a thread that imports is unsafe).
-                fit = _Background(fit)
-                stack.callback(fit.stop)
-        from .store import H5Writer  # imports h5py
-        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
-                                              reserve_bytes=_output_bound(source, names, shapes, out_dtype)))
-        if needs_fit:
-            rs, fit_skipped = fit.result() if isinstance(fit, _Background) else fit()
+            rs, fit_skipped = _fit_pass(source, split, shapes[fit_name], cache=cache, batch_size=batch_size,
+                                        workers=workers, on_error=on_error, show_progress=show_progress)
             skipped.extend(fit_skipped)
             results[fit_name] = rs
             scaling = scaling_from(rs.to_dict(), per_channel)
@@ -592,8 +587,8 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
 
 
 def _fit_pass(source: Source, split: Split, shape: tuple[int, ...], *, cache: PixelCache | None,
-              batch_size: int | None, workers: int | None, on_error: str, show_progress: bool,
-              cancel: threading.Event | None = None) -> tuple[RunningStats, list]:
+              batch_size: int | None, workers: int | None, on_error: str,
+              show_progress: bool) -> tuple[RunningStats, list]:
     """Statistics of the fit split in one streaming pass, its pixels kept in ``cache`` if given.
 
     Returns the split's :class:`RunningStats` and the images skipped.
@@ -607,8 +602,6 @@ def _fit_pass(source: Source, split: Split, shape: tuple[int, ...], *, cache: Pi
         batches = read_batches(split, batch_size=batch_rows(split, batch_size, shape), workers=workers,
                                on_error=on_error, stats_of=None if in_process else (source.channels, source.dtype))
         for batch, x, part in ahead(batches, lambda bs: (bs[0], _as_array(bs[0], shape), bs[1])):
-            if cancel is not None and cancel.is_set():
-                break
             if part is None:
                 rs.update(x)
             else:
@@ -622,35 +615,6 @@ def _fit_pass(source: Source, split: Split, shape: tuple[int, ...], *, cache: Pi
     return rs, skipped
 
 
-class _Background:
-    """``fn(cancel=event)`` run in a thread; :meth:`result` waits and re-raises its error."""
-
-    def __init__(self, fn: Callable):
-        self._cancel = threading.Event()
-        self._outcome: tuple[bool, object] | None = None
-
-        def run():
-            try:
-                self._outcome = (True, fn(cancel=self._cancel))
-            except BaseException as e:  # handed to result()
-                self._outcome = (False, e)
-
-        self._thread = threading.Thread(target=run, name="imgnorm-fit", daemon=True)
-        self._thread.start()
-
-    def result(self):
-        self._thread.join()
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value
-
-    def stop(self) -> None:
-        """Ask the thread to stop after its current batch, and wait for it."""
-        self._cancel.set()
-        self._thread.join()
-
-
 def ahead(items: Iterator, fn: Callable, depth: int = 1) -> Iterator:
     """``fn(item)`` for each item, computed in a background thread up to
     ``depth`` items ahead of the consumer, in order.
@@ -658,9 +622,6 @@ def ahead(items: Iterator, fn: Callable, depth: int = 1) -> Iterator:
     Exceptions in the thread are raised here; if the consumer stops early
     (an error, Ctrl-C) the thread stops too and closes ``items``.
     """
-    import queue
-    import threading
-
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()

@@ -95,9 +95,21 @@ def _die(args):
 def test_a_dead_worker_is_a_clean_error_not_a_hang(photo_folder):
     from imgnorm.errors import ImgnormError
     from imgnorm.pipeline import WorkerPool
-    pool = WorkerPool(open_source(photo_folder).splits["train"], 2)
+    pool = WorkerPool(open_source(photo_folder).splits, 2)
     try:
         with pytest.raises(ImgnormError, match="a decoding worker process died"):
             list(pool.imap(_die, [1, 2, 3]))
     finally:
         pool.kill()
+
+
+def test_one_worker_pool_serves_every_split(photo_folder, monkeypatch):
+    import imgnorm.pipeline as pipeline
+    pools = []
+    real = pipeline.WorkerPool.__init__
+    monkeypatch.setattr(pipeline.WorkerPool, "__init__", lambda self, *a, **k: pools.append(a) or real(self, *a, **k))
+    src = open_source(photo_folder)
+    assert len(src.splits) == 2
+    doc = compute_stats(src, workers=2)
+    assert len(pools) == 1 and sorted(pools[0][0]) == sorted(src.splits)
+    assert doc == compute_stats(src, workers=1)
