@@ -3,9 +3,8 @@
 Builds its own inputs in .bench/ (no downloads): an MNIST-shaped .npz and
 folders of symlinked copies of the shared real photos. Each round runs
 imgnorm and every peer once (alternating who goes first); the table gives the
-median wall time, the median peak RSS (the process's own peak from the kernel,
-or the whole process tree's sampled every 10 ms from /proc, whichever is
-larger) and the median of the per-round time ratios.
+median wall time, the median peak RSS (the whole process tree's, sampled every
+5 ms from /proc in a thread) and the median of the per-round time ratios.
 
     python benchmarks/run.py --photos ../shared/data/photos [--rounds 3] [--only mnist,stats,resize,memory]
 """
@@ -55,10 +54,10 @@ def tree_rss_kib(pid: int) -> int:
 def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]:
     """Run ``cmd``; return wall seconds, peak RSS in MiB and stdout.
 
-    The wall time ends when wait4() returns (no polling delay). Peak RSS is
-    the larger of the process's own maximum from the kernel (exact, for
-    single-process runs) and the whole process tree's resident memory
-    summed, sampled every 10 ms from another thread (for runs with workers).
+    The wall time ends when waitpid() returns (no polling delay). Peak RSS is
+    the whole process tree's resident memory summed, sampled every 5 ms from
+    another thread. (Not the kernel's ru_maxrss: a child inherits the
+    harness's own peak through fork and exec.)
     """
     import threading
 
@@ -72,7 +71,7 @@ def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]
     peak = [0]
 
     def sample(pid):
-        while not done.wait(0.01):
+        while not done.wait(0.005):
             peak[0] = max(peak[0], tree_rss_kib(pid))
 
     t0 = time.perf_counter()
@@ -80,7 +79,7 @@ def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]
     sampler = threading.Thread(target=sample, args=(proc.pid,), daemon=True)
     sampler.start()
     # Outputs are small; read them after the exit (a full pipe would block the child: these print little).
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status = os.waitpid(proc.pid, 0)
     wall = time.perf_counter() - t0
     done.set()
     sampler.join()
@@ -90,7 +89,7 @@ def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]
     proc.stderr.close()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, max(peak[0], usage.ru_maxrss) / 1024, out
+    return wall, peak[0] / 1024, out
 
 
 def run_case(name: str, runs: dict[str, tuple[list[str], list[str]]], rounds: int) -> dict:
