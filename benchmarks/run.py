@@ -128,7 +128,7 @@ def h5_max_diff(a: str, b: str) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "photos"))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--copies", type=int, default=10, help="photo copies in the 1x folder")
     ap.add_argument("--only", default="mnist,stats,resize,memory")
     ap.add_argument("--workdir", default=os.path.join(ROOT, ".bench"))
