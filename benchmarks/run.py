@@ -110,7 +110,7 @@ def run_case(name: str, runs: dict[str, tuple[list[str], list[str]]], rounds: in
     rows = []
     for label in labels:
         ratios = [a / b for a, b in zip(times[me], times[label])]
-        rows.append({"case": name, "run": label, "time_s": statistics.median(times[label]),
+        rows.append({"case": name, "run": label, "time_s": statistics.median(times[label]), "ratios": ratios,
                      "rss_mib": statistics.median(rss[label]),
                      "time_ratio": statistics.median(ratios) if label != me else None,
                      "rss_ratio": statistics.median(rss[me]) / statistics.median(rss[label]) if label != me else None})
@@ -206,7 +206,10 @@ def main():
         tr = f"{r['time_ratio']:.2f}" if r["time_ratio"] is not None else ""
         rr = f"{r['rss_ratio']:.2f}" if r["rss_ratio"] is not None else ""
         lines.append(f"| {r['case']} | {r['run']} | {r['time_s']:.2f} s | {r['rss_mib']:.0f} MiB | {tr} | {rr} |")
-    lines += ["", "(memory rows: the ratios are 10x run / 1x run)", ""] + [f"- {n}" for n in notes]
+    lines += ["", "(memory rows: the ratios are 10x run / 1x run.)", "", "Per-round time ratios (imgnorm / peer):", ""]
+    lines += [f"- {r['case']}, {r['run']}: " + ", ".join(f"{x:.2f}" for x in r["ratios"])
+              for r in results if r.get("ratios") and r["time_ratio"] is not None]
+    lines += [""] + [f"- {n}" for n in notes]
     text = "\n".join(lines)
     print("\n" + text)
     with open(os.path.join(w, "results.md"), "w") as f:
