@@ -52,7 +52,7 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away (`| head`), or closed
+        except (OSError, ValueError):  # the reader went away (`| head`), a full disk: said already
             pass
     os._exit(code)
 

@@ -53,6 +53,19 @@ def translate_errors(fn):
     return wrapper
 
 
+def emit(text: str, err: bool = False) -> None:
+    """Print a result; a stream that cannot be written (a full disk behind
+    ``> file``) is a one-line error, not a bug report. A closed pipe
+    (``| head``) is Click's to handle."""
+    try:
+        click.echo(text, err=err)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise click.ClickException(f"cannot write to standard {'error' if err else 'output'} "
+                                   f"({e.strerror or e}); check where it is redirected") from None
+
+
 def _size(ctx, param, value):
     if value is None:
         return None
@@ -133,7 +146,7 @@ def stats(source, color, size, split, workers, batch_size, on_error, quiet, as_j
     _report_skipped(doc)
     if output:
         write_json(output, doc, force)
-    click.echo(json.dumps(doc, indent=2) if as_json else format_stats(doc))
+    emit(json.dumps(doc, indent=2) if as_json else format_stats(doc))
 
 
 def _report_skipped(doc: dict):
@@ -266,4 +279,4 @@ def inspect(path, as_json, plot, color, force, quiet):
     from .report import inspect_path
 
     text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
-    click.echo(json.dumps(doc, indent=2) if as_json else text)
+    emit(json.dumps(doc, indent=2) if as_json else text)

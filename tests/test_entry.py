@@ -115,3 +115,16 @@ print(tuned, faults() - start)
                            timeout=60).stdout.split() for flag in "01"]
     assert runs[1][0] == "True"
     assert int(runs[1][1]) < 0.75 * int(runs[0][1]), runs
+
+
+def test_output_to_a_full_device_is_a_one_line_error(tmp_path):
+    if not os.path.exists("/dev/full"):
+        __import__("pytest").skip("needs /dev/full")
+    x = np.zeros((3, 4, 4, 1), np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x)
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "imgnorm", "stats", str(tmp_path / "d.npz"), "--json"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "Error: cannot write to standard output (No space left on device); check where it is redirected"]
