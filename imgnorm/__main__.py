@@ -33,13 +33,15 @@ def main() -> None:
     # decode and scale. Set before numpy is imported; a user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     tune_malloc()
-    from .cli import cli
-
     try:
+        from .cli import cli
+
         cli(prog_name="imgnorm")
         code = 0
     except SystemExit as e:  # Click always ends with sys.exit()
         code = e.code
+    except KeyboardInterrupt:  # Ctrl-C before Click took over (while importing)
+        code = 130
     if code is None:
         code = 0
     elif not isinstance(code, int):
