@@ -128,3 +128,15 @@ def test_output_to_a_full_device_is_a_one_line_error(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         "Error: cannot write to standard output (No space left on device); check where it is redirected"]
+
+
+def test_ctrl_c_while_importing_exits_130_quietly():
+    code = ("import sys, types, os\n"
+            "class Interrupted(types.ModuleType):\n"
+            "    def __getattr__(self, name):\n"
+            "        raise KeyboardInterrupt\n"
+            "sys.modules['imgnorm.cli'] = Interrupted('imgnorm.cli')\n"
+            "import imgnorm.__main__ as m\n"
+            "m.main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 130 and out.stderr == "", out.stderr
