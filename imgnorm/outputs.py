@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
@@ -73,3 +74,33 @@ def write_json(path: str | os.PathLike, doc: dict, force: bool = False) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
+
+
+def reserve(path: str, nbytes: int) -> None:
+    """Allocate disk blocks for the whole output before HDF5 writes any data.
+
+    A full disk then fails here, at once and cleanly, instead of inside HDF5
+    after hours of work: HDF5 (1.14 and 2.0 alike) can crash the process at
+    exit once a write has failed with dirty chunks in its cache.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG):
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            why = ("not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit")
+            raise OSError(e.errno, f"{why}: the output needs up to {_human(nbytes)}, "
+                                   f"{_human(free)} free") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: go on unreserved
+            raise
+    finally:
+        os.close(fd)
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -3,6 +3,7 @@ worker processes and progress bars."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
@@ -464,7 +465,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
         ``rows`` per split, the ``stats`` document of the written data, the
         ``applied`` document, ``warnings`` and ``skipped`` images.
     """
-    from .outputs import atomic_output, check_output, write_json
+    from .outputs import atomic_output, check_output, reserve, write_json
     from .report import channel_names
     from .transforms import check_writable_dtype, feature_scaling, per_image_scaled
 
@@ -497,11 +498,16 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
     warnings: list[str] = []
     folder = os.path.dirname(os.path.abspath(output))
     with atomic_output(output, force) as tmp, ExitStack() as stack:
-        from .store import H5Writer  # imports h5py
-
-        # The output (and its disk space) first: a full disk fails before the fit pass.
-        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
-                                              reserve_bytes=_output_bound(source, names, shapes, out_dtype)))
+        # The disk space first: a full disk fails before the fit pass, not after it.
+        bound = _output_bound(source, names, shapes, out_dtype)
+        reserve(tmp, bound)
+        if needs_fit and not any(_forks_workers(s, workers) for s in source.splits.values()):
+            # h5py's import (~25 ms, most of it Python) runs beside the fit pass,
+            # which spends its time in ISA-L and the C kernel without the GIL.
+            # Not where worker processes fork: a fork during an import in
+            # another thread can leave the child a module lock nobody releases.
+            threading.Thread(target=importlib.import_module, args=(f"{__package__}.store",), daemon=True,
+                             name="imgnorm-import").start()
         cache = None
         if needs_fit:
             split = source.splits[fit_name]
@@ -517,6 +523,10 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
             scaling = scaling_from(rs.to_dict(), per_channel)
             if out_dtype == np.float16:
                 _check_float16(scaling, method, unit, per_image, max_value, source)
+        from .store import H5Writer  # imports h5py (or waits for the thread above)
+
+        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
+                                              reserve_bytes=bound))
         if scaling is not None:
             warnings.extend(f"{w} (statistics of {applied['fit_split'] if applied else fit_name})"
                             for w in scaling.warnings)

@@ -11,15 +11,14 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
 
 import h5py
 import numpy as np
 
 from .errors import OptionError, SourceError
+from .outputs import reserve
 
 COMPRESSIONS = ("none", "gzip", "lzf")
 LAYOUTS = ("nhwc", "nchw")
@@ -153,28 +152,6 @@ class H5Writer:
             self.abort()
 
 
-def reserve(path: str, nbytes: int) -> None:
-    """Allocate disk blocks for the whole output before HDF5 writes any data.
-
-    A full disk then fails here, at once and cleanly, instead of inside HDF5
-    after hours of work: HDF5 (1.14 and 2.0 alike) can crash the process at
-    exit once a write has failed with dirty chunks in its cache.
-    """
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.posix_fallocate(fd, 0, nbytes)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EFBIG):
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-            why = ("not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit")
-            raise OSError(e.errno, f"{why}: the output needs up to {_human(nbytes)}, "
-                                   f"{_human(free)} free") from None
-        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: go on unreserved
-            raise
-    finally:
-        os.close(fd)
-
-
 def trim_to_eoa(path: str) -> None:
     """Cut the file back to HDF5's end-of-file address, dropping unused reserved space.
 
@@ -194,14 +171,6 @@ def trim_to_eoa(path: str) -> None:
         eoa = int.from_bytes(head[at:at + 8], "little")
         if 0 < eoa < os.fstat(f.fileno()).st_size:
             f.truncate(eoa)
-
-
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def read_h5_info(path: str | os.PathLike) -> dict:

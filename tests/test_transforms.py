@@ -378,3 +378,38 @@ def test_automatic_batches_are_whole_output_chunks(shape):
         rows = pipeline.batch_rows(None, None, shape, np.dtype(dtype).itemsize)
         assert rows % store.chunk_rows(10 ** 9, shape, dtype) == 0
         assert rows * np.prod(shape) * 4 <= pipeline.BATCH_BYTES or rows == store.chunk_rows(10 ** 9, shape, dtype)
+
+
+_IMPORT_PROBE = """
+import sys, threading, time
+import imgnorm.pipeline as pipeline
+from imgnorm.sources import open_source
+assert "h5py" not in sys.modules
+seen = {}
+real = pipeline._fit_pass
+def fit_pass(*a, **k):
+    seen["thread"] = any(t.name == "imgnorm-import" for t in threading.enumerate())
+    deadline = time.monotonic() + 1.5
+    while "imgnorm.store" not in sys.modules and time.monotonic() < deadline:
+        time.sleep(0.001)
+    seen["imported during the fit pass"] = "imgnorm.store" in sys.modules
+    return real(*a, **k)
+pipeline._fit_pass = fit_pass
+pipeline.transform_to_hdf5(open_source(sys.argv[1]), sys.argv[2], "standardize", workers=int(sys.argv[3]))
+print(seen["thread"], seen["imported during the fit pass"])
+"""
+
+
+@pytest.mark.parametrize("kind, workers, want", [("npz", 2, "True True"), ("folder", 2, "False False"),
+                                                 ("folder", 1, "True True")])
+def test_h5py_is_imported_beside_the_fit_pass_unless_workers_fork(kind, workers, want, mnist_npz_compressed,
+                                                                 same_size_folder, tmp_path):
+    """Where no worker process forks, h5py is imported in a thread while the fit
+    split is read; where workers fork, no import runs in another thread."""
+    import subprocess
+    import sys
+    src = mnist_npz_compressed[0] if kind == "npz" else same_size_folder
+    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(src), str(tmp_path / "o.h5"), str(workers)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == want.split()
