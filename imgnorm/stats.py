@@ -345,14 +345,6 @@ def stats_document(*, source: str, color: str, channels: int, max_value, splits:
     return doc
 
 
-def split_stats(doc: dict, split: str | None = None) -> RunningStats:
-    """The :class:`RunningStats` of one split of a document (default: its fit split)."""
-    split = split or doc["fit_split"]
-    if split not in doc["splits"]:
-        raise StatsFileError(f"stats document has no split {split!r}; it has {', '.join(doc['splits'])}")
-    return RunningStats.from_dict(doc["splits"][split])
-
-
 def merge_documents(a: dict, b: dict) -> dict:
     """The document of the union of two disjoint parts of a dataset, split by split."""
     for key in ("channels", "max_value", "color"):

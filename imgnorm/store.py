@@ -40,8 +40,9 @@ class H5Writer:
         self.dtype = np.dtype(dtype)
         self.layout = layout
         self.compression = compression
-        # A chunk cache of several chunks: batches rarely end on a chunk
-        # boundary, and a chunk evicted half-written is written twice.
+        # A chunk cache of several chunks: a batch size given by the user (or
+        # compressed output) need not end on a chunk boundary, and a chunk
+        # evicted half-written is written twice.
         self._ds: dict[str, dict[str, h5py.Dataset]] = {}
         self._rows: dict[str, int] = {}
         self.f = h5py.File(path, "w", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_w0=1.0, rdcc_nslots=10007)
