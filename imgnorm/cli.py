@@ -140,7 +140,7 @@ def stats(source, color, size, split, workers, batch_size, on_error, quiet, as_j
 
     if output:
         check_output(output, force)
-    src = open_source(source, color=color, size=size)
+    src = open_source(source, color=color, size=size, on_error=on_error)
     doc = compute_stats(src, split=split, batch_size=batch_size, workers=workers, on_error=on_error,
                         show_progress=not quiet)
     _report_skipped(doc)
@@ -189,7 +189,7 @@ def _run_transform(method, source, opts, **method_opts):
     stats = opts.pop("stats_file")
     if stats is not None and stats != "imagenet":
         stats = read_stats_document(stats)
-    src = open_source(source, color=opts.pop("color"), size=opts.pop("size"))
+    src = open_source(source, color=opts.pop("color"), size=opts.pop("size"), on_error=opts["on_error"])
     split = opts.pop("split")
     quiet = opts.pop("quiet")
     result = transform_to_hdf5(src, opts.pop("output"), method, stats=stats, splits=[split] if split else None,

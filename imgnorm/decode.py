@@ -70,21 +70,39 @@ def probe(path: str) -> ImageInfo:
         return ImageInfo(im.width, im.height, im.mode, im.format)
 
 
-def _rawmodes(im: Image.Image) -> list[str]:
-    out = []
+def bits_per_sample(im: Image.Image) -> int:
+    """The bits per sample the file stores, whatever mode Pillow gives it.
+
+    Pillow reads 16-bit colour (PNG ``RGB;16B``, TIFF ``RGB;16N``, PPM with a
+    maxval above 255) as 8-bit ``RGB``; the file's own header says otherwise:
+    the raw mode of its tiles, a PPM's maxval, a TIFF's BitsPerSample.
+    """
+    bits = 8
     for tile in getattr(im, "tile", None) or []:
         args = tile[3] if len(tile) > 3 else None
         raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
-        if isinstance(raw, str):
-            out.append(raw)
-    return out
+        # "RGB;16B", "CMYK;16N", "I;16": 16 bits a sample; "BGR;16" without a byte
+        # order is a packed 5-6-5 pixel of 8-bit-or-less samples
+        m = re.fullmatch(r"([A-Za-z]+);(\d+)([BLN]?)S?F?", raw) if isinstance(raw, str) else None
+        if m and int(m.group(2)) >= 16 and (m.group(3) or m.group(1) in ("I", "F", "L")):
+            bits = max(bits, int(m.group(2)))
+        if tile[0].startswith("ppm") and isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int):
+            bits = max(bits, int(args[1]).bit_length())  # maxval 65535 -> 16 bits
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None:
+        per_sample = tags.get(258)  # BitsPerSample
+        if isinstance(per_sample, tuple) and per_sample:
+            bits = max(bits, *(int(b) for b in per_sample))
+        elif isinstance(per_sample, int):
+            bits = max(bits, per_sample)
+    return bits
 
 
 def _check_depth(im: Image.Image, path: str) -> None:
-    """Refuse colour images stored with 16 bits per sample: Pillow reads them as 8."""
-    if im.mode not in _WIDE_MODES and any(";16" in r for r in _rawmodes(im)):
-        raise ImageError(path, f"16-bit {im.mode} image; Pillow can only read it as 8 bits, which would drop "
-                         "precision. Convert it to 8-bit, or to 16-bit grayscale, first")
+    """Refuse colour images stored with more than 8 bits per sample: Pillow reads them as 8."""
+    if im.mode not in _WIDE_MODES and bits_per_sample(im) > 8:
+        raise ImageError(path, f"{bits_per_sample(im)}-bit {im.mode} image; Pillow can only read it as 8 bits, "
+                         "which would drop precision. Convert it to 8-bit, or to 16-bit grayscale, first")
 
 
 def _to_array(im: Image.Image, color: str, path: str) -> np.ndarray:

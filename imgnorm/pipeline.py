@@ -265,7 +265,7 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int =
         if results[name].images_ == 0 and len(splits[name]):
             raise SourceError(f"{source.path}: no image of split {name} could be read "
                               f"({len(sk)} skipped, first: {sk[0][0]}: {sk[0][1]})")
-    skipped = [s for name in names for s in skipped[name]]
+    skipped = list(source.skipped) + [s for name in names for s in skipped[name]]
     fit = source.fit_split if source.fit_split in results else names[0]
     return stats_document(source=os.path.abspath(source.path), color=source.color, channels=source.channels,
                           max_value=source.max_value, splits=results, fit_split=fit, skipped=skipped)
@@ -493,7 +493,7 @@ def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: 
         _check_float16(scaling, method, unit, per_image, max_value, source)
 
     results: dict[str, RunningStats] = {}
-    skipped: list = []
+    skipped: list = list(source.skipped)
     rows: dict[str, int] = {}
     warnings: list[str] = []
     folder = os.path.dirname(os.path.abspath(output))

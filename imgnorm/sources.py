@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
 from .errors import ImageError, OptionError, SourceError
+from .npz import NpyMember, npz_members, read_labels
 
 COLORS = ("rgb", "gray", "keep")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff")
@@ -99,7 +97,7 @@ class Source:
     def __init__(self, path: str, splits: dict[str, Split], *, kind: str,
                  class_names: list[str] | None = None, color: str = "keep",
                  channels: int | None = None, dtype: np.dtype | None = None,
-                 skipped: list[tuple[str, str]] | None = None):
+                 skipped: list[tuple[str, str]] | None = None, ignored: list[tuple[str, str]] | None = None):
         self.path = path
         self.kind = kind
         self.splits = splits
@@ -107,7 +105,11 @@ class Source:
         self.color = color
         self.channels = channels
         self.dtype = np.dtype(dtype) if dtype is not None else None
-        self.skipped = skipped or []  # (file, reason) of files passed over while listing
+        # (path, reason): passed over while listing and worth reporting (a symlink
+        # loop, an unreadable folder under --on-error skip), recorded in outputs
+        self.skipped = skipped or []
+        # (path, reason): what the layout rules leave out (hidden, not an image)
+        self.ignored = ignored or []
 
     @property
     def max_value(self) -> int | None:
@@ -136,7 +138,7 @@ def check_color(color: str) -> str:
 
 
 def open_source(path: str | os.PathLike, *, color: str | None = None,
-                size: tuple[int, int] | None = None) -> Source:
+                size: tuple[int, int] | None = None, on_error: str = "fail") -> Source:
     """Open a dataset for reading.
 
     Parameters
@@ -147,12 +149,15 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
         For images; default ``rgb``.  Arrays are read as stored (``keep``).
     size : (width, height), optional
         Resize images to this size; arrays cannot be resized.
+    on_error : {"fail", "skip"}
+        A folder or file that cannot be listed: stop, or leave it out and
+        record it in :attr:`Source.skipped`.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or folder")
     if os.path.isdir(path):
-        return _open_folder(path, check_color(color or "rgb"), size)
+        return _open_folder(path, check_color(color or "rgb"), size, on_error)
     lower = path.lower()
     if lower.endswith(ARRAY_EXTENSIONS):
         if size is not None:
@@ -222,106 +227,176 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _scan(folder: str, skipped: list[tuple[str, str]], _ancestors: frozenset = frozenset()) -> list[str]:
-    """Image files below ``folder``, recursively, following links without looping.
+def _is_within(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
-    Sorted as Keras sorts them: by folder path, then by file name.
+
+@dataclass
+class _Dir:
+    path: str  # as reached from the source root: what file names and messages show
+    real: str  # its real path, symlinks resolved
+
+
+class _Walk:
+    """Lists a source folder as its layout means it, following symlinks safely.
+
+    A symlinked folder is followed unless it leads to one of its own
+    ancestors (up to and above the source root) or back into the folders
+    being walked: both would read images a second time under another split
+    or class. Those are passed over and recorded in :attr:`skipped`; a folder
+    or entry that cannot be read is an error, or with ``on_error="skip"``
+    recorded there too. :attr:`ignored` holds what the layout rules pass
+    over (hidden entries, files that are not images, loose files).
     """
-    try:
-        st = os.stat(folder)
-    except OSError as e:
-        skipped.append((folder, f"cannot read folder ({e.strerror})"))
-        return []
-    key = (st.st_dev, st.st_ino)
-    if key in _ancestors:
-        skipped.append((folder, "symlink loop, not followed"))
-        return []
-    ancestors = _ancestors | {key}
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as e:
-        skipped.append((folder, f"cannot read folder ({e.strerror})"))
-        return []
-    files, subdirs = [], []
-    for entry in entries:
-        if _is_hidden(entry.name):
-            skipped.append((entry.path, "hidden"))
-            continue
+
+    def __init__(self, on_error: str):
+        self.on_error = on_error
+        self.skipped: list[tuple[str, str]] = []
+        self.ignored: list[tuple[str, str]] = []
+
+    def unreadable(self, path: str, e: OSError, what: str) -> None:
+        reason = f"cannot read {what} ({e.strerror or e})"
+        if self.on_error != "skip":
+            raise SourceError(f"{display(path)}: {reason}; fix its permissions, or pass --on-error skip to "
+                              "leave it out")
+        self.skipped.append((path, reason))
+
+    def root(self, path: str) -> _Dir:
+        return _Dir(path, os.path.realpath(path))
+
+    def entries(self, d: _Dir, chain: tuple[str, ...] = ()) -> tuple[list[tuple[str, os.stat_result]], list[_Dir]]:
+        """``(image files with their stat, subfolders)`` of ``d``, each sorted by name."""
         try:
-            is_dir = entry.is_dir()  # follows symlinks
-        except OSError:
-            is_dir = False
-        if is_dir:
-            subdirs.append(entry.path)
-        elif _is_image(entry.name) and _is_file(entry):
-            files.append(entry.path)
-        else:
-            skipped.append((entry.path, "not an image file"))
-    out = files + [f for d in subdirs for f in _scan(d, skipped, ancestors)]
-    # Keras walks with os.walk and sorts by folder path, then files by name.
-    out.sort(key=lambda p: (os.path.dirname(p), os.path.basename(p)))
-    return out
+            with os.scandir(d.path) as it:
+                listing = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            self.unreadable(d.path, e, "folder")
+            return [], []
+        files, dirs = [], []
+        for entry in listing:
+            if _is_hidden(entry.name):
+                self.ignored.append((entry.path, "hidden"))
+                continue
+            try:
+                st = entry.stat()  # follows symlinks
+            except OSError as e:
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    if _is_image(entry.name):
+                        self.unreadable(entry.path, e, "image (a broken symbolic link)")
+                    else:
+                        self.ignored.append((entry.path, "broken symbolic link"))
+                else:
+                    self.unreadable(entry.path, e, "entry")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                sub = self._subfolder(d, entry, chain)
+                if sub is not None:
+                    dirs.append(sub)
+            elif stat.S_ISREG(st.st_mode) and _is_image(entry.name):
+                files.append((entry.path, st))
+            else:
+                self.ignored.append((entry.path, "not an image file"))
+        return files, dirs
+
+    def _subfolder(self, d: _Dir, entry: os.DirEntry, chain: tuple[str, ...]) -> _Dir | None:
+        if not entry.is_symlink():
+            return _Dir(entry.path, os.path.join(d.real, entry.name))
+        real = os.path.realpath(entry.path)
+        if _is_within(d.real, real):
+            self.skipped.append((entry.path, f"symlink to its own ancestor folder {display(real)}, not followed"))
+            return None
+        if real in chain:
+            self.skipped.append((entry.path, f"symlink loop back to {display(real)}, not followed"))
+            return None
+        return _Dir(entry.path, real)
+
+    def images(self, d: _Dir, chain: tuple[str, ...] = ()) -> list[tuple[str, os.stat_result]]:
+        """Image files below ``d``, recursively; Keras' order: by folder path, then by file name."""
+        chain = chain + (d.real,)
+        files, dirs = self.entries(d, chain)
+        out = files + [f for sub in dirs for f in self.images(sub, chain)]
+        out.sort(key=lambda f: (os.path.dirname(f[0]), os.path.basename(f[0])))
+        return out
 
 
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return stat.S_ISREG(entry.stat().st_mode)
-    except OSError:
-        return False  # a dangling link
+def display(path: str) -> str:
+    """A path for messages: bytes that are not UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _subfolders(folder: str) -> list[os.DirEntry]:
-    return sorted((e for e in os.scandir(folder) if not _is_hidden(e.name) and e.is_dir()),
-                  key=lambda e: e.name)
-
-
-def _open_folder(path: str, color: str, size: tuple[int, int] | None) -> Source:
-    skipped: list[tuple[str, str]] = []
-    split_dirs: dict[str, str] = {}
-    for entry in _subfolders(path):
-        name = SPLIT_FOLDERS.get(entry.name.lower())
+def _open_folder(path: str, color: str, size: tuple[int, int] | None, on_error: str = "fail") -> Source:
+    walk = _Walk(on_error)
+    root = walk.root(path)
+    loose, subdirs = walk.entries(root)
+    split_dirs: dict[str, _Dir] = {}
+    for d in subdirs:
+        name = SPLIT_FOLDERS.get(os.path.basename(d.path).lower())
         if name is None:
             continue
         if name in split_dirs:
-            raise SourceError(f"{path}: both {os.path.basename(split_dirs[name])!r} and {entry.name!r} "
-                              f"would be split {name!r}; rename or remove one")
-        split_dirs[name] = entry.path
+            raise SourceError(f"{display(path)}: both {os.path.basename(split_dirs[name].path)!r} and "
+                              f"{os.path.basename(d.path)!r} would be split {name!r}; rename or remove one")
+        split_dirs[name] = d
     if split_dirs:
-        for entry in sorted(os.scandir(path), key=lambda e: e.name):
-            if entry.path not in split_dirs.values():
-                skipped.append((entry.path, "outside the split folders"))
+        walk.ignored += [(f, "outside the split folders") for f, _ in loose]
+        walk.ignored += [(d.path, "outside the split folders") for d in subdirs if d not in split_dirs.values()]
         split_dirs = {k: split_dirs[k] for k in SPLIT_ORDER if k in split_dirs}
+        listed = {name: walk.entries(d, (root.real,)) for name, d in split_dirs.items()}
     else:
-        split_dirs = {"all": path}
+        split_dirs = {"all": root}
+        listed = {"all": (loose, subdirs)}
 
     # Classes: the union of every split's subfolders, so labels agree across splits.
-    per_split_classes = {name: [e.name for e in _subfolders(d)] for name, d in split_dirs.items()}
-    class_names = sorted(set().union(*per_split_classes.values()))
+    class_names = sorted({os.path.basename(d.path) for _, dirs in listed.values() for d in dirs})
+    found: dict[str, list[tuple[str, os.stat_result]]] = {}
     splits: dict[str, Split] = {}
-    for name, folder in split_dirs.items():
+    for name, (files, dirs) in listed.items():
+        chain = (root.real, split_dirs[name].real) if name != "all" else (root.real,)
         if class_names:
-            files, labels = [], []
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                if not _is_hidden(entry.name) and not entry.is_dir():
-                    skipped.append((entry.path, "not inside a class folder"))
+            walk.ignored += [(f, "not inside a class folder") for f, _ in files]
+            images, labels = [], []
+            by_name = {os.path.basename(d.path): d for d in dirs}
             for k, cls in enumerate(class_names):
-                d = os.path.join(folder, cls)
-                if os.path.isdir(d):
-                    found = _scan(d, skipped)
-                    files.extend(found)
-                    labels.extend([k] * len(found))
-            splits[name] = FolderSplit(name, files, np.asarray(labels, dtype=np.int64), color, size)
-        else:
-            splits[name] = FolderSplit(name, _scan(folder, skipped), None, color, size)
+                if cls in by_name:
+                    got = walk.images(by_name[cls], chain)
+                    images += got
+                    labels += [k] * len(got)
+            lab = np.asarray(labels, dtype=np.int64)
+        else:  # no subfolders anywhere: the images in the split folder itself, unlabelled
+            images, lab = files, None
+        found[name] = images
+        splits[name] = FolderSplit(name, [f for f, _ in images], lab, color, size)
+    _check_leakage(found)
     n_images = sum(len(s) for s in splits.values())
     if n_images == 0:
-        raise SourceError(f"{path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
-                          f"{'; ' + str(len(skipped)) + ' other files skipped' if skipped else ''})")
+        other = len(walk.ignored) + len(walk.skipped)
+        raise SourceError(f"{display(path)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
+                          f"{'; ' + str(other) + ' other files skipped' if other else ''})")
     channels, dtype = _probe_pixels([f for s in splits.values() for f in s.files], color)
     for s in splits.values():
         s.pixels = (channels, dtype)
     return Source(path, splits, kind="folder", class_names=class_names or None, color=color,
-                  channels=channels, dtype=dtype, skipped=skipped)
+                  channels=channels, dtype=dtype, skipped=walk.skipped, ignored=walk.ignored)
+
+
+def _check_leakage(found: dict[str, list[tuple[str, os.stat_result]]]) -> None:
+    """Refuse one image file (one inode) reached from two splits: it would leak between them."""
+    if len(found) < 2:
+        return
+    dev = np.array([st.st_dev for files in found.values() for _, st in files], dtype=np.uint64)
+    ino = np.array([st.st_ino for files in found.values() for _, st in files], dtype=np.uint64)
+    split = np.repeat(np.arange(len(found)), [len(files) for files in found.values()])
+    order = np.lexsort((split, ino, dev))
+    d, i, s = dev[order], ino[order], split[order]
+    clash = np.flatnonzero((d[1:] == d[:-1]) & (i[1:] == i[:-1]) & (s[1:] != s[:-1]))
+    if clash.size:
+        paths = [f for files in found.values() for f, _ in files]
+        a, b = order[clash[0]], order[clash[0] + 1]
+        names = list(found)
+        raise SourceError(f"{display(paths[a])} (split {names[split[a]]}) and {display(paths[b])} (split "
+                          f"{names[split[b]]}) are the same file: an image in two splits leaks between them. "
+                          "Remove one")
 
 
 def _probe_pixels(files: list[str], color: str) -> tuple[int, np.dtype]:
@@ -341,264 +416,10 @@ def _probe_pixels(files: list[str], color: str) -> tuple[int, np.dtype]:
 # ---------------------------------------------------------------- arrays
 
 
-# What zipfile, zlib and numpy's header parser raise on damaged files: an
-# unsupported or garbled compression method (NotImplementedError), an
-# "encrypted" flag bit (RuntimeError), bad deflate data (zlib.error), bad
-# header text (ValueError, SyntaxError), cut-off data (EOFError).
-try:  # ISA-L's inflate: the same output as zlib's, about twice as fast
-    from isal import isal_zlib as _inflate
-except ImportError:  # pragma: no cover
-    _inflate = zlib
-
-
-_ZIP_ERRORS = (_inflate.error, zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, SyntaxError, struct.error,
-               zlib.error, NotImplementedError, RuntimeError, KeyError, OverflowError, MemoryError, TypeError)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-class _InflateStream:
-    """The raw deflate data of one zip member, inflated front to back.
-
-    What zipfile's stream does for a deflated member, with ISA-L's inflate
-    (inflating dominates reading a compressed .npz) and the CRC checked when
-    the last byte has been produced. Output is produced only as asked for,
-    so a small member that inflates to gigabytes cannot exhaust memory.
-    """
-
-    CHUNK = 1 << 20
-
-    def __init__(self, path: str, offset: int, compress_size: int, file_size: int, crc: int):
-        self._file = open(path, "rb")
-        self._file.seek(offset)
-        self._left_in = compress_size
-        self._left_out = file_size
-        self._expected_crc = crc
-        self._crc = 0
-        self._d = _inflate.decompressobj(-15)
-        self._pending = b""
-
-    def read(self, n: int) -> bytes:
-        out = bytearray(n)
-        got = self.readinto(memoryview(out))
-        return bytes(out[:got])
-
-    def readinto(self, view) -> int:
-        got = 0
-        while got < len(view) and self._left_out > 0:
-            if not self._pending:
-                self._pending = self._inflate(min(len(view) - got, self._left_out))
-                if not self._pending:
-                    raise EOFError("compressed data ends early")
-            n = min(len(self._pending), len(view) - got)
-            view[got:got + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            got += n
-        return got
-
-    def _inflate(self, want: int) -> bytes:
-        data = self._d.unconsumed_tail
-        if not data and self._left_in > 0:
-            data = self._file.read(min(self.CHUNK, self._left_in))
-            self._left_in -= len(data)
-        # called even with no new input: the inflater may hold output back
-        out = self._d.decompress(data, want)
-        if len(out) > self._left_out:
-            raise ValueError("more data than the member's size")
-        self._left_out -= len(out)
-        self._crc = _inflate.crc32(out, self._crc)
-        if self._left_out == 0 and self._crc != self._expected_crc:
-            raise zipfile.BadZipFile("Bad CRC-32")
-        return out
-
-    def close(self) -> None:
-        self._file.close()
-
-    __del__ = close  # a split read only part way leaves its stream to the garbage collector
-
-
-class _NpyMember:
-    """One ``.npy`` array inside an ``.npz`` (or a bare ``.npy``), read in row slices.
-
-    Stored (uncompressed) members are read directly at any row; deflated
-    members are streamed through ``zipfile`` and decompressed front to back.
-    """
-
-    def __init__(self, path: str, member: str | None):
-        self.path = path
-        self.member = member
-        self.where = f"{path}:{member[:-4] if member and member.endswith('.npy') else member}" if member else path
-        self._stream = None
-        self._zip = None
-        self._next_row = 0
-        self._crc: tuple[int, int, int] | None = None  # (running crc, next row, expected crc)
-        self._data_start: int | None = None  # where uncompressed array data starts in the file
-        try:
-            if member is None:
-                with open(path, "rb") as f:
-                    self.shape, self.fortran, self.dtype, self._header_len = _read_npy_header(f, self.where)
-                _check_data_size(self, os.path.getsize(path) - self._header_len)
-                self._data_start = self._header_len
-            else:
-                with zipfile.ZipFile(path) as zf:
-                    info = zf.getinfo(member)
-                    with zf.open(info) as f:
-                        self.shape, self.fortran, self.dtype, self._header_len = _read_npy_header(f, self.where)
-                _check_data_size(self, info.file_size - self._header_len)
-                self._info = info
-                if info.compress_type == zipfile.ZIP_STORED:
-                    member_start = _data_offset(path, info)
-                    self._data_start = member_start + self._header_len
-                    if not self.fortran:
-                        # Direct reads bypass zipfile's CRC check, so front-to-back
-                        # reads keep a running CRC, compared when the last row is read.
-                        with open(path, "rb") as f:
-                            f.seek(member_start)
-                            self._crc = (zlib.crc32(f.read(self._header_len)), 0, info.CRC)
-        except _ZIP_ERRORS as e:
-            raise SourceError(f"{self.where}: corrupt or unreadable array ({_first_line(e)})") from None
-
-    def _read_direct(self, start: int, stop: int) -> np.ndarray:
-        """Rows of uncompressed data, read with plain file reads into a fresh array.
-
-        Plain reads rather than a memory map: mapped pages would count in the
-        process's resident memory for as long as the map lives, so a 20 GB
-        array would look like 20 GB of RAM.
-        """
-        if self.fortran:  # column-major rows are not contiguous: map just for this
-            m = np.memmap(self.path, self.dtype, "r", offset=self._data_start, shape=self.shape, order="F")
-            return np.array(m[start:stop])
-        out = np.empty((stop - start,) + self.row_shape, self.dtype)
-        row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-        if out.nbytes:
-            with open(self.path, "rb") as f:  # per batch: nothing left open between reads
-                f.seek(self._data_start + start * row_bytes)
-                if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
-                    raise SourceError(f"{self.where}: array data ends early; the file is truncated")
-        return out
-
-    def __len__(self) -> int:
-        return self.shape[0] if self.shape else 1
-
-    @property
-    def row_shape(self) -> tuple[int, ...]:
-        return tuple(self.shape[1:])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as an in-memory array."""
-        if self._data_start is not None:
-            try:
-                out = self._read_direct(start, stop)
-            except OSError as e:
-                raise SourceError(f"{self.where}: cannot read ({e})") from None
-            if self._crc is not None and self._crc[1] == start:
-                crc = zlib.crc32(out, self._crc[0])
-                self._crc = (crc, stop, self._crc[2])
-                if stop == len(self) and crc != self._crc[2]:
-                    raise SourceError(f"{self.where}: corrupt array data (CRC mismatch); the file is damaged")
-            return out
-        if self.fortran:
-            raise SourceError(f"{self.where}: a compressed Fortran-ordered array cannot be streamed; "
-                              "re-save it with np.ascontiguousarray")
-        try:
-            if self._stream is None or start < self._next_row:
-                self._close_stream()
-                self._open_stream()
-                self._stream.read(self._header_len)
-                self._next_row = 0
-            row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-            if start > self._next_row:
-                _skip(self._stream, (start - self._next_row) * row_bytes)
-            out = np.empty((stop - start,) + self.row_shape, self.dtype)
-            view = memoryview(out.reshape(-1).view(np.uint8))
-            got = 0
-            while got < len(view):
-                n = self._stream.readinto(view[got:])
-                if not n:
-                    raise SourceError(f"{self.where}: array data ends early; the file is truncated")
-                got += n
-            self._next_row = stop
-            if stop == len(self):
-                if self._stream.read(1):  # reading to the end makes zipfile check the CRC
-                    raise SourceError(f"{self.where}: more data than the header's shape; the file is corrupt")
-                self._close_stream()
-            return out
-        except _ZIP_ERRORS as e:
-            self._close_stream()
-            raise SourceError(f"{self.where}: corrupt array data ({_first_line(e)})") from None
-
-    def _open_stream(self) -> None:
-        info = self._info
-        if info.compress_type == zipfile.ZIP_DEFLATED and not info.flag_bits & 0x1:
-            self._stream = _InflateStream(self.path, _data_offset(self.path, info), info.compress_size,
-                                          info.file_size, info.CRC)
-        else:  # other compression methods, encryption: zipfile knows (or refuses) them
-            self._zip = zipfile.ZipFile(self.path)
-            self._stream = self._zip.open(self.member)
-
-    def _close_stream(self):
-        if self._stream is not None:
-            self._stream.close()
-        if self._zip is not None:
-            self._zip.close()
-        self._stream = self._zip = None
-
-    def load_all(self) -> np.ndarray:
-        return self.read(0, len(self)) if self.shape else self._read_direct(0, 1).reshape(())
-
-
-def _check_data_size(member: "_NpyMember", nbytes: int) -> None:
-    """A header whose shape does not fit the stored bytes is corruption: refuse it
-    before allocating anything of that shape."""
-    want = int(np.prod(member.shape, dtype=object)) * member.dtype.itemsize
-    if want != nbytes:
-        raise SourceError(f"{member.where}: header says shape {member.shape} of {member.dtype} "
-                          f"({want} bytes) but {nbytes} bytes are stored; the file is corrupt")
-
-
-def _skip(stream, nbytes: int):
-    while nbytes > 0:
-        chunk = stream.read(min(nbytes, 1 << 24))
-        if not chunk:
-            raise EOFError("unexpected end of data")
-        nbytes -= len(chunk)
-
-
-def _read_npy_header(f, where: str):
-    try:
-        version = np.lib.format.read_magic(f)
-    except ValueError:
-        raise SourceError(f"{where}: not a .npy array (bad magic number)") from None
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version in ((2, 0), (3, 0)):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise SourceError(f"{where}: unsupported .npy version {version}")
-    if dtype.hasobject or dtype.fields is not None:
-        raise SourceError(f"{where}: holds Python objects (a pickle); imgnorm never unpickles. "
-                          "Save the images as a numeric array")
-    return shape, fortran, dtype, f.tell()
-
-
-def _data_offset(path: str, info: zipfile.ZipInfo) -> int:
-    """Offset of a stored member's data: after its local header, name and extra field."""
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile("bad local file header")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
-
-
 class ArraySplit(Split):
     """Images from an array member, with labels from its ``y`` partner."""
 
-    def __init__(self, name: str, x: _NpyMember, labels: np.ndarray | None, add_channel: bool):
+    def __init__(self, name: str, x: NpyMember, labels: np.ndarray | None, add_channel: bool):
         self.name = name
         self._x = x
         self.labels = labels
@@ -614,7 +435,7 @@ class ArraySplit(Split):
 
     @property
     def random_access(self) -> bool:
-        return self._x._data_start is not None
+        return self._x.random_access
 
     @property
     def keep_between_passes(self) -> bool:
@@ -642,61 +463,61 @@ class ArraySplit(Split):
         return Batch(x, labels, None, start)
 
 
+def _array_pairs(path: str) -> dict[str, tuple[str, str | None]]:
+    """Split name -> (x member, y member or None) of an ``.npz``, in split order."""
+    keys = npz_members(path)
+    pairs: dict[str, tuple[str, str | None]] = {}
+    for k in sorted(keys):
+        if k.startswith("x_") and len(k) > 2:
+            pairs[k[2:]] = (keys[k], keys.get("y_" + k[2:]))
+    if not pairs and "x" in keys:
+        pairs["all"] = (keys["x"], keys.get("y"))
+    if not pairs and len(keys) == 1:
+        pairs["all"] = (next(iter(keys.values())), None)
+    if not pairs:
+        found = ", ".join(sorted(keys)) or "nothing"
+        raise SourceError(f"{path}: no image arrays (expected x_train/x_test, x, or one array; found {found})")
+    order = [s for s in SPLIT_ORDER if s in pairs] + sorted(s for s in pairs if s not in SPLIT_ORDER)
+    return {s: pairs[s] for s in order}
+
+
+def _image_layout(x: NpyMember) -> tuple[bool, int]:
+    """``(add_channel, channels)`` of an image array, checked from its header."""
+    if x.dtype.kind not in "uif" and x.dtype != np.bool_:
+        raise SourceError(f"{x.where}: dtype {x.stored_dtype} is not a pixel type (integers or floats)")
+    if len(x.shape) == 3:
+        add_channel, channels = True, 1
+    elif len(x.shape) == 4 and 1 <= x.shape[3] <= 4:
+        add_channel, channels = False, x.shape[3]
+    elif len(x.shape) == 4:
+        raise SourceError(f"{x.where}: shape {x.shape} has {x.shape[3]} channels last; imgnorm expects "
+                          "(N, H, W) or (N, H, W, C) with C <= 4 (transpose channels-first data)")
+    else:
+        raise SourceError(f"{x.where}: shape {x.shape} is not (N, H, W) or (N, H, W, C)")
+    if len(x) == 0:
+        raise SourceError(f"{x.where}: holds no images (shape {x.shape}); remove the empty array")
+    if 0 in x.shape[1:3]:
+        raise SourceError(f"{x.where}: images of {x.shape[2]}x{x.shape[1]} pixels (shape {x.shape}) hold no "
+                          "pixels; save images of at least 1x1")
+    return add_channel, channels
+
+
 def _open_array_file(path: str, color: str | None) -> Source:
     if path.lower().endswith(".npy"):
-        members = {"all": (_NpyMember(path, None), None)}
+        members = {"all": (NpyMember(path, None), None)}
         kind = "npy"
     else:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.endswith(".npy")]
-        except _ZIP_ERRORS as e:
-            raise SourceError(f"{path}: not a valid .npz file ({_first_line(e)})") from None
-        keys = {n[:-4]: n for n in names}
-        pairs: dict[str, tuple[str, str | None]] = {}
-        for k in sorted(keys):
-            if k.startswith("x_") and len(k) > 2:
-                split = k[2:]
-                pairs[split] = (keys[k], keys.get("y_" + split))
-        if not pairs and "x" in keys:
-            pairs["all"] = (keys["x"], keys.get("y"))
-        if not pairs and len(keys) == 1:
-            pairs["all"] = (next(iter(keys.values())), None)
-        if not pairs:
-            found = ", ".join(sorted(keys)) or "nothing"
-            raise SourceError(f"{path}: no image arrays (expected x_train/x_test, x, or one array; "
-                              f"found {found})")
-        order = [s for s in SPLIT_ORDER if s in pairs] + sorted(s for s in pairs if s not in SPLIT_ORDER)
-        members = {s: (_NpyMember(path, pairs[s][0]), pairs[s][1]) for s in order}
+        members = {s: (NpyMember(path, x), y) for s, (x, y) in _array_pairs(path).items()}
         kind = "npz"
-
     splits: dict[str, Split] = {}
     dtype = channels = None
     for name, (x, y_member) in members.items():
-        if x.dtype.kind not in "uif" and x.dtype != np.bool_:
-            raise SourceError(f"{x.where}: dtype {x.dtype} is not a pixel type (integers or floats)")
-        if len(x.shape) == 3:
-            add_channel, ch = True, 1
-        elif len(x.shape) == 4 and 1 <= x.shape[3] <= 4:
-            add_channel, ch = False, x.shape[3]
-        elif len(x.shape) == 4:
-            raise SourceError(f"{x.where}: shape {x.shape} has {x.shape[3]} channels last; "
-                              "imgnorm expects (N, H, W) or (N, H, W, C) with C <= 4 "
-                              "(transpose channels-first data)")
-        else:
-            raise SourceError(f"{x.where}: shape {x.shape} is not (N, H, W) or (N, H, W, C)")
-        if len(x) == 0:
-            raise SourceError(f"{x.where}: holds no images (shape {x.shape}); remove the empty array")
+        add_channel, ch = _image_layout(x)
         if dtype is not None and (x.dtype != dtype or ch != channels):
             raise SourceError(f"{x.where}: dtype {x.dtype} with {ch} channels differs from the other "
                               f"splits' {dtype} with {channels}")
         dtype, channels = x.dtype, ch
-        labels = None
-        if y_member is not None:
-            y = _NpyMember(path, y_member)
-            labels = y.load_all()
-            if len(labels) != len(x):
-                raise SourceError(f"{y.where}: {len(labels)} labels for {len(x)} images in {x.where}")
+        labels = read_labels(NpyMember(path, y_member), len(x), x.where) if y_member is not None else None
         splits[name] = ArraySplit(name, x, labels, add_channel)
     if color not in (None, "keep"):
         want = {"rgb": 3, "gray": 1}[check_color(color)]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -72,3 +77,66 @@ def mnist_npz_compressed(tmp_path, rng):
     path = tmp_path / "mnist_c.npz"
     np.savez_compressed(path, **arrays)
     return path, arrays
+
+
+# ------------------------------------------------ running as another user
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def as_unprivileged() -> list[str]:
+    """The command prefix that runs a program as an unprivileged user.
+
+    Root reads folders of mode 000 and writes into read-only ones, so the
+    permission cases need a real user: as root, ``setpriv`` to nobody; as
+    any other user, nothing.
+    """
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to drop root's privileges")
+    return NOBODY
+
+
+@pytest.fixture(params=["self", "nobody"])
+def user(request):
+    """Run a case as the test's own user and, when that is root, as nobody too."""
+    if request.param == "nobody" and os.geteuid() != 0:
+        pytest.skip("not root: the test's own user is already unprivileged")
+    return request.param
+
+
+def imgnorm_cmd(*args, user: str = "self") -> list[str]:
+    prefix = as_unprivileged() if user == "nobody" else []
+    return [*prefix, sys.executable, "-m", "imgnorm", *map(str, args)]
+
+
+def run_imgnorm(*args, user: str = "self", timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """The real command in a subprocess (as ``user``); stdout and stderr as text."""
+    kw.setdefault("cwd", "/")
+    return subprocess.run(imgnorm_cmd(*args, user=user), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def world_tmp():
+    """A temporary folder every user can read and write (pytest's tmp_path is
+    private to the user running the tests)."""
+    d = tempfile.mkdtemp(prefix="imgnorm-test-")
+    os.chmod(d, 0o777)
+    yield pathlib.Path(d)
+    for top, dirs, _ in os.walk(d):  # folders a test made unreadable
+        for name in dirs:
+            try:
+                os.chmod(os.path.join(top, name), 0o755)
+            except OSError:
+                pass
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def open_to_all(*paths) -> None:
+    """Make files and folders made by the tests readable and writable by every user."""
+    for p in paths:
+        for top, dirs, files in os.walk(p):
+            os.chmod(top, 0o777)
+            for f in files:
+                os.chmod(os.path.join(top, f), 0o666)

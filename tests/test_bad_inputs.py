@@ -137,6 +137,44 @@ def test_sixteen_bit_colour_is_refused_not_clipped(tmp_path, rng):
             decode(p, color)
 
 
+def ppm(path, a, maxval, plain=False):
+    """A P6 (or P3) PPM of uint16 samples ``a`` (h, w, 3) with the given maxval."""
+    h, w, _ = a.shape
+    head = f"{'P3' if plain else 'P6'}\n{w} {h}\n{maxval}\n".encode()
+    body = (" ".join(map(str, a.ravel())) + "\n").encode() if plain else a.astype(">u2").tobytes()
+    path.write_bytes(head + body)
+    return str(path)
+
+
+@pytest.mark.parametrize("maxval, plain", [(65535, False), (4095, False), (65535, True)])
+def test_wide_ppm_is_refused_not_reduced_to_8_bits(tmp_path, rng, maxval, plain):
+    """Pillow reads a P6 with maxval above 255 as 8-bit RGB: the header's maxval decides."""
+    p = ppm(tmp_path / "c.ppm", rng.integers(0, maxval + 1, (4, 5, 3)), maxval, plain)
+    bits = maxval.bit_length()
+    for color in ("rgb", "gray", "keep"):
+        with pytest.raises(ImageError, match=f"{bits}-bit RGB image; Pillow can only read it as 8 bits"):
+            decode(p, color)
+    out = CliRunner().invoke(cli, ["stats", p])
+    assert out.exit_code == 1 and "c.ppm" in out.output and "8 bits" in out.output
+
+
+def test_8_bit_ppm_and_16_bit_bmp_are_read(tmp_path, rng):
+    """An 8-bit PPM, and a BMP of packed 5-6-5 pixels (16 bits a pixel, not a sample), stay readable."""
+    a = rng.integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    p = tmp_path / "c.ppm"
+    p.write_bytes(b"P6\n5 4\n255\n" + a.tobytes())
+    np.testing.assert_array_equal(decode(str(p)), a)
+    bmp = tmp_path / "p.bmp"
+    # written by hand as a 16-bit BI_BITFIELDS bitmap by hand: 5-6-5 masks, 2 bytes a pixel, rows padded to 4 bytes
+    rows = b"".join(b"".join(struct.pack("<H", (int(r) >> 3) << 11 | (int(g) >> 2) << 5 | int(b) >> 3)
+                             for r, g, b in a[y]).ljust(12, b"\0") for y in range(3, -1, -1))
+    head = struct.pack("<2sIHHI", b"BM", 14 + 40 + 12 + len(rows), 0, 0, 14 + 40 + 12)
+    info = struct.pack("<IiiHHIIiiII", 40, 5, 4, 1, 16, 3, len(rows), 2835, 2835, 0, 0)
+    bmp.write_bytes(head + info + struct.pack("<III", 0xF800, 0x07E0, 0x001F) + rows)
+    want = np.asarray(Image.open(bmp).convert("RGB"))
+    np.testing.assert_array_equal(decode(str(bmp)), want)
+
+
 def test_mixed_channels_under_keep_name_the_file(tmp_path, rng):
     write_jpeg(tmp_path / "a.jpg", rng)
     write_jpeg(tmp_path / "b.jpg", rng, mode="L")

@@ -48,7 +48,8 @@ def test_split_folder_names_any_case_and_aliases(tmp_path, rng):
     (tmp_path / "README.txt").write_text("hi")
     src = open_source(tmp_path)
     assert list(src.splits) == ["train", "val", "test"]
-    assert {os.path.basename(f) for f, _ in src.skipped} == {"notes", "README.txt"}
+    assert {os.path.basename(f) for f, _ in src.ignored} == {"notes", "README.txt"}
+    assert src.skipped == []
 
 
 def test_two_folders_for_one_split_is_an_error(tmp_path, rng):
@@ -82,7 +83,7 @@ def test_loose_images_beside_class_folders_are_skipped_like_keras(tmp_path, rng)
     write_jpeg(tmp_path / "loose.jpg", rng)
     src = open_source(tmp_path)
     assert len(src.splits["all"]) == 1
-    assert (str(tmp_path / "loose.jpg"), "not inside a class folder") in src.skipped
+    assert (str(tmp_path / "loose.jpg"), "not inside a class folder") in src.ignored
 
 
 def test_hidden_and_other_files_are_skipped_and_counted(tmp_path, rng):
@@ -92,8 +93,8 @@ def test_hidden_and_other_files_are_skipped_and_counted(tmp_path, rng):
     (tmp_path / "c" / "labels.csv").write_text("x")
     src = open_source(tmp_path)
     assert src.class_names == ["c"] and len(src.splits["all"]) == 1
-    reasons = {os.path.basename(f): r for f, r in src.skipped}
-    assert reasons == {".hidden.jpg": "hidden", "labels.csv": "not an image file"}
+    reasons = {os.path.basename(f): r for f, r in src.ignored}
+    assert reasons == {".cache": "hidden", ".hidden.jpg": "hidden", "labels.csv": "not an image file"}
 
 
 def test_classes_are_the_union_over_splits(tmp_path, rng):
@@ -110,7 +111,7 @@ def test_symlink_loop_does_not_hang(tmp_path, rng):
     os.symlink(tmp_path / "c", tmp_path / "c" / "loop")
     src = open_source(tmp_path)
     assert len(src.splits["all"]) == 1
-    assert any("symlink loop" in r for _, r in src.skipped)
+    assert [(os.path.basename(f), "not followed" in r) for f, r in src.skipped] == [("loop", True)]
 
 
 def test_symlinked_copies_are_followed(tmp_path, rng):
@@ -268,10 +269,189 @@ def test_an_empty_array_is_an_error(tmp_path):
 def test_compressed_members_read_the_same_with_zlib_or_isal(mnist_npz_compressed, monkeypatch):
     import zlib
 
-    from imgnorm import sources
+    from imgnorm import npz as sources
     path, arrays = mnist_npz_compressed
     assert sources._inflate is not zlib  # ISA-L is installed with imgnorm
     fast = stacked(open_source(path).splits["train"], 7)
     monkeypatch.setattr(sources, "_inflate", zlib)
     np.testing.assert_array_equal(stacked(open_source(path).splits["train"], 7), fast)
     np.testing.assert_array_equal(fast, arrays["x_train"][..., None])
+
+
+# ------------------------------------------------ what the layout means
+
+
+def test_symlink_to_an_ancestor_above_the_root_is_not_followed(photo_folder):
+    """`ln -s ../.. photos/train/cat/root` must not count val images into train."""
+    before = open_source(photo_folder)
+    os.symlink("../..", photo_folder / "train" / "cat" / "root")
+    src = open_source(photo_folder)
+    assert src.splits["train"].files == before.splits["train"].files
+    assert src.splits["train"].labels.tolist() == before.splits["train"].labels.tolist()
+    assert [(os.path.relpath(f, photo_folder), "ancestor" in r) for f, r in src.skipped] == [
+        ("train/cat/root", True)]
+
+
+def test_symlink_to_the_parent_class_folder_keeps_labels(tmp_path, rng):
+    """`ln -s .. src/a/up` must not store class b's images with class a's label."""
+    for cls in "ab":
+        for i in range(2):
+            write_jpeg(tmp_path / "src" / cls / f"{i}.jpg", rng)
+    os.symlink("..", tmp_path / "src" / "a" / "up")
+    src = open_source(tmp_path / "src")
+    split = src.splits["all"]
+    assert [os.path.relpath(f, tmp_path / "src") for f in split.files] == ["a/0.jpg", "a/1.jpg", "b/0.jpg",
+                                                                          "b/1.jpg"]
+    assert split.labels.tolist() == [0, 0, 1, 1]
+    assert [os.path.basename(f) for f, _ in src.skipped] == ["up"]
+
+
+def test_symlinks_between_sibling_folders_end(tmp_path, rng):
+    write_jpeg(tmp_path / "a" / "1.jpg", rng)
+    write_jpeg(tmp_path / "b" / "2.jpg", rng)
+    os.symlink("../b", tmp_path / "a" / "to_b")
+    os.symlink("../a", tmp_path / "b" / "to_a")
+    src = open_source(tmp_path)
+    files = [os.path.relpath(f, tmp_path) for f in src.splits["all"].files]
+    assert files == ["a/1.jpg", "a/to_b/2.jpg", "b/2.jpg", "b/to_a/1.jpg"]
+    assert sorted(os.path.relpath(f, tmp_path) for f, r in src.skipped if "loop" in r) == [
+        "a/to_b/to_a", "b/to_a/to_b"]
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_one_file_in_two_splits_is_leakage(tmp_path, rng, link):
+    a = write_jpeg(tmp_path / "train" / "c" / "a.jpg", rng)
+    write_jpeg(tmp_path / "train" / "c" / "b.jpg", rng)
+    (tmp_path / "val" / "c").mkdir(parents=True)
+    (os.symlink if link == "symlink" else os.link)(a, tmp_path / "val" / "c" / "x.jpg")
+    with pytest.raises(SourceError, match=r"train/c/a\.jpg \(split train\) and .*val/c/x\.jpg \(split val\) "
+                                          r"are the same file"):
+        open_source(tmp_path)
+
+
+def test_the_same_file_twice_in_one_split_is_allowed(tmp_path, rng):
+    """Symlinked copies inside one split (oversampling, the benchmarks) are not leakage."""
+    write_jpeg(tmp_path / "train" / "c" / "a.jpg", rng)
+    os.symlink(tmp_path / "train" / "c", tmp_path / "train" / "d")
+    write_jpeg(tmp_path / "val" / "c" / "v.jpg", rng)
+    assert len(open_source(tmp_path).splits["train"]) == 2
+
+
+def test_broken_symlink_to_an_image_is_an_error_or_skipped(tmp_path, rng):
+    write_jpeg(tmp_path / "c" / "a.jpg", rng)
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "c" / "b.jpg")
+    os.symlink(tmp_path / "gone.txt", tmp_path / "c" / "notes.txt")
+    with pytest.raises(SourceError, match=r"c/b\.jpg: cannot read image \(a broken symbolic link\).*--on-error skip"):
+        open_source(tmp_path)
+    src = open_source(tmp_path, on_error="skip")
+    assert len(src.splits["all"]) == 1
+    assert [os.path.basename(f) for f, _ in src.skipped] == ["b.jpg"]
+    assert ("notes.txt", "broken symbolic link") in [(os.path.basename(f), r) for f, r in src.ignored]
+
+
+def test_non_utf8_file_names_are_listed(tmp_path, rng):
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1, not UTF-8
+    write_jpeg(tmp_path / "c" / name, rng)
+    src = open_source(tmp_path)
+    assert os.fsencode(src.splits["all"].files[0]).endswith(b"caf\xe9.jpg")
+
+
+# ------------------------------------------------ labels and arrays
+
+
+@pytest.mark.parametrize("y, message", [
+    (np.eye(4)[[0, 1, 2, 3, 0]], "labels of shape \\(5, 4\\) look one-hot"),
+    (np.array(["a", "b", "c", "d", "e"]), "labels are strings"),
+    (np.array([0, 1, np.nan, 2, 3]), "label 2 is nan"),
+    (np.array([0, 1, 0.5, 2, 3]), "label 2 is 0.5, not a whole number"),
+    (np.array([0, 1, -1, 2, 3]), "label 2 is -1; class indices must be 0 or more"),
+    (np.zeros((5, 2, 2), np.int64), "labels of shape \\(5, 2, 2\\)"),
+])
+def test_labels_must_be_class_indices(tmp_path, rng, y, message):
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (5, 4, 4), dtype=np.uint8), y_train=y)
+    with pytest.raises(SourceError, match=r"d\.npz:y_train: " + message):
+        open_source(tmp_path / "d.npz")
+
+
+def test_integral_float_and_column_labels_are_indices(tmp_path, rng):
+    x = rng.integers(0, 256, (4, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.array([0.0, 3.0, 1.0, 2.0]),
+             x_test=x, y_test=np.array([[1], [0], [2], [2]], np.uint8))  # Keras' CIFAR labels are (N, 1)
+    src = open_source(tmp_path / "d.npz")
+    assert src.splits["train"].labels.tolist() == [0, 3, 1, 2] and src.splits["train"].labels.dtype == np.int64
+    assert src.splits["test"].labels.tolist() == [1, 0, 2, 2]
+
+
+def test_label_count_is_checked_from_the_header_before_reading(tmp_path, rng, monkeypatch):
+    from imgnorm import npz
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (5, 4, 4), dtype=np.uint8),
+             y_train=np.zeros(1000, np.int64))
+    monkeypatch.setattr(npz.NpyMember, "load_all", lambda self: pytest.fail("labels read before the check"))
+    with pytest.raises(SourceError, match="1000 labels for 5 images"):
+        open_source(tmp_path / "d.npz")
+
+
+def test_a_small_npz_declaring_millions_of_labels_stays_small(tmp_path):
+    """A 0.2 MB file whose y header declares 30 million int64 labels (240 MB) is
+    refused without allocating them."""
+    import io
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge_y.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((5, 4, 4), np.uint8))
+        zf.writestr("x_train.npy", buf.getvalue())
+        info = zipfile.ZipInfo("y_train.npy")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zf.open(info, "w", force_zip64=True) as f:
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(head, {"descr": "<i8", "fortran_order": False,
+                                                        "shape": (30_000_000,)})
+            f.write(head.getvalue())
+            zero = bytes(1 << 22)
+            for _ in range(30_000_000 * 8 // len(zero)):
+                f.write(zero)
+            f.write(bytes(30_000_000 * 8 % len(zero)))
+    assert path.stat().st_size < 1 << 20
+    # VmHWM, this process's own peak: ru_maxrss would carry over pytest's through fork and exec
+    code = ("import re, sys\n"
+            "from imgnorm.sources import open_source\n"
+            "from imgnorm.errors import SourceError\n"
+            "try:\n    open_source(sys.argv[1])\nexcept SourceError as e:\n    print(e)\n"
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    message, peak_kib = out.stdout.splitlines()
+    assert "30000000 labels for 5 images" in message
+    assert int(peak_kib) < 150 * 1024, peak_kib  # the labels alone would be 240 MB
+
+
+def test_npz_with_two_members_of_one_name_is_refused(tmp_path, rng):
+    import io
+    import warnings
+    path = tmp_path / "dup.npz"
+    with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name: that is the point
+        for _ in range(2):
+            buf = io.BytesIO()
+            np.save(buf, rng.integers(0, 256, (3, 4, 4), dtype=np.uint8))
+            zf.writestr("x_train.npy", buf.getvalue())
+    with pytest.raises(SourceError, match="dup.npz: holds two arrays named 'x_train'"):
+        open_source(path)
+
+
+def test_big_endian_integers_keep_their_type_and_maximum(tmp_path, rng):
+    x = rng.integers(0, 65536, (6, 5, 4), dtype=np.uint16)
+    np.savez(tmp_path / "be.npz", x_train=x.astype(">u2"), y_train=np.arange(6).astype(">i4"))
+    src = open_source(tmp_path / "be.npz")
+    assert src.dtype == np.uint16 and src.max_value == 65535
+    np.testing.assert_array_equal(stacked(src.splits["train"]), x[..., None])
+    assert src.splits["train"].labels.tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("shape", [(5, 0, 8), (5, 8, 0), (5, 0, 0, 3)])
+def test_images_without_pixels_are_refused(tmp_path, shape):
+    np.savez(tmp_path / "z.npz", x_train=np.zeros(shape, np.uint8))
+    with pytest.raises(SourceError, match=r"z\.npz:x_train: images of \d+x\d+ pixels .* hold no pixels"):
+        open_source(tmp_path / "z.npz")
