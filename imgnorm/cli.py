@@ -7,63 +7,108 @@ every other :class:`ImgnormError` exits 1 (bad data, failed run).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import signal
+import warnings
 
 import click
 
 from . import __version__
-from .errors import ImgnormError, OptionError
+from .errors import ImgnormError, OptionError, printable
 
 
 def _on_sigterm(signum, frame):
-    # Unwind like Ctrl-C so that temporary outputs are removed on the way out.
+    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so that
+    # temporary outputs are removed on the way out.
     raise SystemExit(128 + signum)
 
 
+class UsageProblem(click.ClickException):
+    """Wrong usage found by the library (an option's value, an output path):
+    one line, exit code 2, like Click's own usage errors."""
+
+    exit_code = 2
+
+
 def translate_errors(fn):
-    """Turn imgnorm's exceptions into one-line Click errors (tracebacks with --debug)."""
+    """Turn imgnorm's exceptions into one-line Click errors (tracebacks with --debug),
+    and the library's warnings into ``warning:`` lines on stderr."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         debug = ctx.find_root().params.get("debug", False)
         try:
-            return fn(*args, **kwargs)
+            with _warnings_to_stderr():
+                return fn(*args, **kwargs)
         except OptionError as e:
             if debug:
                 raise
-            if e.option:
-                raise click.BadParameter(str(e), ctx, param_hint=f"'{e.option}'") from None
-            raise click.UsageError(str(e), ctx) from None
+            text = printable(str(e))
+            raise UsageProblem(f"Invalid value for '{e.option}': {text}" if e.option else text) from None
         except ImgnormError as e:
             if debug:
                 raise
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(printable(str(e))) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
             if debug:
                 raise
             raise click.ClickException(
-                f"unexpected {type(e).__name__}: {e}. This is a bug in imgnorm; re-run with "
+                f"unexpected {type(e).__name__}: {printable(str(e))}. This is a bug in imgnorm; re-run with "
                 "`imgnorm --debug ...` and report the traceback") from None
 
     return wrapper
 
 
-def emit(text: str, err: bool = False) -> None:
-    """Print a result; a stream that cannot be written (a full disk behind
-    ``> file``) is a one-line error, not a bug report. A closed pipe
-    (``| head``) is Click's to handle."""
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    from .errors import ImgnormWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ImgnormWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, ImgnormWarning):
+                emit(f"warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
+# File descriptors 0-2 that were closed when the process started (see __main__):
+# they now point to /dev/null, and a result meant for a closed stdout is an error.
+CLOSED_STD_FDS: set[int] = set()
+
+
+def emit(text: str, err: bool = False, committed: bool = False) -> None:
+    """Print a result (or, with ``err``, a note on stderr).
+
+    Notes never fail a run, and neither does anything printed once the run's
+    outputs are committed (``committed``): the exit status says whether they
+    are in place. A result that cannot be printed is a one-line error; a
+    closed pipe (``| head``) is the reader's choice, handled by the process.
+    """
     try:
-        click.echo(text, err=err)
+        if not err and 1 in CLOSED_STD_FDS:
+            raise OSError(errno.EBADF, "it is closed")
+        click.echo(printable(text), err=err)
     except BrokenPipeError:
+        if err or committed:
+            return
         raise
     except OSError as e:
-        raise click.ClickException(f"cannot write to standard {'error' if err else 'output'} "
-                                   f"({e.strerror or e}); check where it is redirected") from None
+        if err or committed:
+            return
+        raise click.ClickException(f"cannot write to standard output ({e.strerror or e}); check where it is "
+                                   "redirected") from None
 
 
 def _size(ctx, param, value):
@@ -114,7 +159,8 @@ def cli(debug):
       imgnorm standardize mnist.npz -o mnist.h5 --per-channel
       imgnorm inspect mnist.h5
     """
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_sigterm)
 
 
 @cli.command()
@@ -133,25 +179,20 @@ def stats(source, color, size, split, workers, batch_size, on_error, quiet, as_j
       imgnorm stats mnist.npz --json > stats.json
       imgnorm stats data/photos --split train -o stats.json
     """
-    from .outputs import check_output, write_json
     from .pipeline import compute_stats
     from .report import format_stats
     from .sources import open_source
 
-    if output:
-        check_output(output, force)
     src = open_source(source, color=color, size=size, on_error=on_error)
     doc = compute_stats(src, split=split, batch_size=batch_size, workers=workers, on_error=on_error,
-                        show_progress=not quiet)
+                        show_progress=not quiet, output=output, force=force)
     _report_skipped(doc)
-    if output:
-        write_json(output, doc, force)
-    emit(json.dumps(doc, indent=2) if as_json else format_stats(doc))
+    emit(json.dumps(doc, indent=2) if as_json else format_stats(doc), committed=bool(output))
 
 
 def _report_skipped(doc: dict):
     for s in doc.get("skipped", []):
-        click.echo(f"skipped {s['file']}: {s['reason']}", err=True)
+        emit(f"skipped {s['file']}: {s['reason']}", err=True)
 
 
 def write_options(fn):
@@ -185,21 +226,27 @@ def _run_transform(method, source, opts, **method_opts):
     from .pipeline import transform_to_hdf5
     from .sources import open_source
     from .stats import read_stats_document
+    from .transforms import PRESETS, Scaler
 
     stats = opts.pop("stats_file")
-    if stats is not None and stats != "imagenet":
-        stats = read_stats_document(stats)
+    scaler = Scaler(method, per_channel=opts.pop("per_channel"), per_image=opts.pop("per_image"),
+                    max_value=opts.pop("max_value"), **method_opts)
+    if stats in PRESETS:
+        scaler = Scaler.preset(stats, **scaler.get_params())
+    elif stats is not None:
+        scaler = Scaler.from_stats(read_stats_document(stats), **scaler.get_params())
     src = open_source(source, color=opts.pop("color"), size=opts.pop("size"), on_error=opts["on_error"])
     split = opts.pop("split")
     quiet = opts.pop("quiet")
-    result = transform_to_hdf5(src, opts.pop("output"), method, stats=stats, splits=[split] if split else None,
-                               show_progress=not quiet, **opts, **method_opts)
+    result = transform_to_hdf5(src, opts.pop("output"), scaler, splits=[split] if split else None,
+                               show_progress=not quiet, inputs={"--stats": stats if stats not in PRESETS else None},
+                               **opts)
     for w in result["warnings"]:
-        click.echo(f"warning: {w}", err=True)
+        emit(f"warning: {w}", err=True)
     _report_skipped(result["stats"])
     rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
     if not quiet:
-        click.echo(f"wrote {result['output']}: {rows} images ({method})", err=True)
+        emit(f"wrote {result['output']}: {rows} images ({method})", err=True)
 
 
 @cli.command()
@@ -276,7 +323,7 @@ def inspect(path, as_json, plot, color, force, quiet):
       imgnorm inspect stats.json
       imgnorm inspect data/photos --json
     """
-    from .report import inspect_path
+    from .describe import inspect_path
 
     text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
-    emit(json.dumps(doc, indent=2) if as_json else text)
+    emit(json.dumps(doc, indent=2) if as_json else text, committed=bool(plot))

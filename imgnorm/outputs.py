@@ -1,93 +1,461 @@
-"""Writing output files safely: a temporary file beside the target, renamed into
-place only when complete, removed on any error, Ctrl-C or SIGTERM."""
+"""The outputs of a run: checked before any pixel is read, written to temporary
+files beside their targets, and committed together at the end or not at all.
+
+- A target that exists is replaced only with ``force``; one that appears while
+  the run works is never replaced without it (the final name is created with
+  ``renameat2(RENAME_NOREPLACE)``, or a hard link, never by a plain rename).
+- A target that is not a regular file (a device such as ``/dev/null``, a FIFO,
+  standard output as ``-``) is never replaced: a document is written into it as
+  shell redirection would, and a format that needs a regular file is refused.
+- Every temporary file is named after its target and this process, and held
+  open under an exclusive ``flock`` while the run lives: a later run to the
+  same target removes the temporaries whose owner is gone (killed with
+  SIGKILL, or a lost machine), and no other.
+- The disk space of every temporary file is reserved up front, so a full disk
+  fails before the work, not after it.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import errno
-import json
+import fcntl
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from contextlib import contextmanager
-from typing import Iterator
+import stat
+import sys
+from dataclasses import dataclass, field
 
-from .errors import OutputError
+from .errors import OptionError, OutputError, show_path
 
 TMP_SUFFIX = ".imgnorm-tmp"
 
 
-def check_output(path: str | os.PathLike, force: bool = False) -> str:
-    """Fail early, before any work, if ``path`` cannot or must not be written."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f"{path}: folder {folder} does not exist; create it first")
-    if os.path.isdir(path):
-        raise OutputError(f"{path} is a folder; give a file name")
-    if os.path.lexists(path) and not force:
-        raise OutputError(f"{path} exists; pass --force to replace it")
-    return path
+@dataclass
+class Output:
+    """One output of a run.
 
-
-@contextmanager
-def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
-    """Yield a temporary path in ``path``'s folder; move it to ``path`` on success.
-
-    On any exception (including KeyboardInterrupt and SystemExit) the
-    temporary file is removed and an existing ``path`` is left untouched.
+    ``path`` is as the user gave it; ``target`` the file that will hold the
+    result (symlinks resolved), or ``"-"`` for standard output. A ``stream``
+    output is written into its target at commit (a device, a FIFO, standard
+    output); every other one is renamed into place from ``tmp``.
     """
-    path = check_output(path, force)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=folder)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot create a file in {folder} ({e.strerror})") from None
-    os.close(fd)
-    try:
-        yield tmp
+
+    path: str
+    option: str
+    target: str
+    stream: bool = False
+    seekable: bool = False
+    tmp: str | None = None
+    content: bytes | None = None
+    _fd: int | None = field(default=None, repr=False)
+    _identity: tuple = field(default=(), repr=False)
+
+
+class OutputSet:
+    """The outputs of one run; use as a context manager around the run.
+
+    Parameters
+    ----------
+    force : bool
+        Replace targets that exist (regular files only).
+
+    On leaving the ``with`` block by an exception (a failed run, Ctrl-C,
+    SIGTERM) every temporary file is removed and no target is touched. Call
+    :meth:`commit` inside the block to put every output in place.
+    """
+
+    def __init__(self, force: bool = False):
+        self.force = force
+        self.outputs: list[Output] = []
+        self._scratch: list[tuple[str, int]] = []  # (path, fd) of temporaries that never become outputs
+        self.committed = False
+
+    # ------------------------------------------------------------ planning
+
+    def add(self, path: str | os.PathLike, option: str, *, seekable: bool = False, what: str = "") -> Output:
+        """Check ``path`` as a target for ``option`` and make its temporary file.
+
+        ``seekable`` outputs (HDF5) need a regular file; others (documents,
+        pictures) can also be written into a device, a FIFO or standard
+        output (``-``). Raises :class:`OptionError` (a usage error, exit 2)
+        when the path cannot or must not be written; nothing is left behind.
+        """
+        path = os.fspath(path)
+        out = self._resolve(path, option, seekable, what or "this output")
+        for other in self.outputs:
+            if other._identity == out._identity:
+                raise OptionError(f"{other.option} and {option} both name {show_path(path)}; give each output "
+                                  "its own file", option=option)
+        if not out.stream:
+            out.tmp, out._fd = self._make_temp(out.target, option)
+        self.outputs.append(out)
+        return out
+
+    def _resolve(self, path: str, option: str, seekable: bool, what: str) -> Output:
+        if path == "":
+            raise OptionError("is empty; give a file name", option=option)
+        if path == "-":
+            if seekable:
+                raise OptionError(f"cannot write {what} to standard output (it needs a seekable file); give a "
+                                  "file name", option=option)
+            return Output(path, option, "-", stream=True, _identity=("stdout",))
+        if path.endswith(os.sep) or os.path.basename(path) in (".", ".."):
+            raise OptionError(f"{show_path(path)} names a folder; give a file name", option=option)
+        try:
+            st = os.stat(path)  # through symlinks, /proc's magic links included
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise OptionError(f"{show_path(path)}: cannot check it ({e.strerror})", option=option) from None
+        if st is None:  # absent, or a dangling link: the file its last link names
+            target = os.path.realpath(path)
+            folder = os.path.dirname(target)
+            if not os.path.isdir(folder):
+                raise OptionError(f"{show_path(path)}: folder {show_path(folder)} does not exist; create it first",
+                                  option=option)
+            return Output(path, option, target, seekable=seekable, _identity=("new", target))
+        if stat.S_ISDIR(st.st_mode):
+            raise OptionError(f"{show_path(path)} is a folder; give a file name", option=option)
+        if not stat.S_ISREG(st.st_mode):  # never replaced: written into, as `> path` would
+            if seekable:
+                raise OptionError(f"{show_path(path)} is {_kind(st.st_mode)}, not a regular file; {what} needs "
+                                  "one", option=option)
+            return Output(path, option, path, stream=True, _identity=(st.st_dev, st.st_ino))
+        if not self.force:
+            raise OptionError(f"{show_path(path)} exists; pass --force to replace it", option=option)
+        return Output(path, option, os.path.realpath(path), seekable=seekable, _identity=(st.st_dev, st.st_ino))
+
+    def _make_temp(self, target: str, option: str, kind: str = "") -> tuple[str, int]:
+        """A new temporary file beside ``target``, held under our lock."""
+        folder, base = os.path.split(target)
+        remove_stale(folder, base)
+        pid = os.getpid()
+        for _ in range(100):
+            tmp = os.path.join(folder, f".{base}.{pid}.{secrets.token_hex(4)}{kind}{TMP_SUFFIX}")
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise OptionError(f"cannot create a file in {show_path(folder)} ({e.strerror}); choose a folder "
+                                  "you can write to", option=option) from None
+        else:  # pragma: no cover
+            raise OutputError(f"cannot create a temporary file in {show_path(folder)}")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "my owner is alive", for remove_stale()
+        except OSError:
+            pass  # no locks on this file system: the file is never taken for stale
+        return tmp, fd
+
+    def scratch(self, beside: Output) -> str:
+        """A temporary file beside ``beside`` for the run's own use, removed at the end."""
+        tmp, fd = self._make_temp(beside.target, beside.option, ".cache")
+        self._scratch.append((tmp, fd))
+        return tmp
+
+    def check_inputs(self, inputs: dict[str, str | None]) -> None:
+        """Refuse an output that names one of the run's own inputs (``{what: path}``)."""
+        for what, path in inputs.items():
+            if not path or path == "-":
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            for out in self.outputs:
+                if out._identity == (st.st_dev, st.st_ino):
+                    raise OptionError(f"{show_path(out.path)} is the run's own input ({what}); write to another "
+                                      "file", option=out.option)
+
+    def reserve(self, sizes: dict[str, int]) -> None:
+        """Allocate disk space for temporary files (path -> bytes) before the work.
+
+        Raises
+        ------
+        OutputError
+            Not enough space: the message gives what the run needs and what is
+            free, and every reservation is given back first.
+        """
+        done = []
+        try:
+            for path, nbytes in sizes.items():
+                reserve(path, nbytes)
+                done.append(path)
+        except OSError as e:
+            for path in done:
+                os.truncate(path, 0)
+            first = next(iter(sizes))
+            free = shutil.disk_usage(os.path.dirname(first)).free
+            if e.errno in (errno.ENOSPC, errno.EFBIG):
+                why = "not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit"
+                parts = ", ".join(f"{_human(n)} for {show_path(_target_name(p))}" for p, n in sizes.items())
+                raise OutputError(f"{show_path(self.outputs[0].path)}: cannot write ({why}: the run needs up to "
+                                  f"{_human(sum(sizes.values()))} ({parts}), {_human(free)} free); nothing was "
+                                  "written") from None
+            raise OutputError(f"{show_path(first)}: cannot reserve disk space ({e.strerror or e})") from None
+
+    # ------------------------------------------------------------ finishing
+
+    def set_content(self, out: Output, data: bytes) -> None:
+        """The whole content of a small output (a document, a picture), written at commit."""
+        out.content = data
+        if out.tmp is not None:
+            try:
+                os.ftruncate(out._fd, 0)
+                os.pwrite(out._fd, data, 0) if data else None
+                if os.fstat(out._fd).st_size != len(data):
+                    raise OSError(errno.EIO, "short write")
+            except OSError as e:
+                raise _write_error(out, e) from None
+
+    def commit(self) -> None:
+        """Put every output in place, or none of them.
+
+        Files are renamed into place first (never over a file that appeared
+        meanwhile, unless ``force``), then stream outputs are written; if any
+        step fails, what was already put in place is taken back.
+        """
+        done: list[tuple[Output, str | None]] = []  # (output, backup of the file it replaced)
+        try:
+            for out in self.outputs:
+                if not out.stream:
+                    done.append((out, self._rename_into_place(out)))
+            for out in self.outputs:
+                if out.stream:
+                    self._write_stream(out)
+        except BaseException:
+            for out, backup in reversed(done):
+                _take_back(out, backup)
+            raise
+        for _, backup in done:
+            if backup:
+                _unlink(backup)
+        self.committed = True
+
+    def _rename_into_place(self, out: Output) -> str | None:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as e:
+        os.fchmod(out._fd, 0o666 & ~umask)  # temporaries are made 0600; outputs get the usual permissions
+        if not self.force:
+            try:
+                _rename_noreplace(out.tmp, out.target)
+            except FileExistsError:
+                raise OutputError(f"{show_path(out.path)} appeared while imgnorm was running; it was not "
+                                  "replaced (pass --force to replace it); nothing was written") from None
+            except OSError as e:
+                raise _write_error(out, e) from None
+            out.tmp = None
+            return None
+        backup = None
         try:
-            os.unlink(tmp)
+            st = os.lstat(out.target)
         except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            text = str(e)
-            if e.strerror and e.strerror.startswith(("not enough disk space", "over the file size limit")):
-                what = e.strerror  # from the up-front space reservation: it says how much is needed
-            elif e.errno == errno.ENOSPC or "No space left" in text:
-                what = "disk full"
-            elif e.errno == errno.EFBIG or "File too large" in text:
-                what = "file too large for this file system or limit"
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"{show_path(out.path)} became {_kind(st.st_mode)} while imgnorm was running; it "
+                              "was not replaced; nothing was written")
+        if st is not None:
+            backup = out.tmp[:-len(TMP_SUFFIX)] + ".old" + TMP_SUFFIX
+            try:
+                os.link(out.target, backup)  # kept until every output is in place, to take this one back
+            except OSError:
+                backup = None
+        try:
+            os.replace(out.tmp, out.target)
+        except OSError as e:
+            if backup:
+                _unlink(backup)
+            raise _write_error(out, e) from None
+        out.tmp = None
+        return backup
+
+    def _write_stream(self, out: Output) -> None:
+        data = out.content or b""
+        try:
+            if out.target == "-":
+                stream = sys.stdout.buffer
+                stream.write(data)
+                stream.flush()
             else:
-                what = e.strerror or text.splitlines()[0] if text else type(e).__name__
-            raise OutputError(f"{path}: cannot write ({what}); nothing was written") from None
-        raise
+                with open(out.target, "wb") as f:  # as `> target` would: a device, a FIFO
+                    f.write(data)
+        except OSError as e:
+            if out.target == "-":
+                raise OutputError(f"cannot write to standard output ({e.strerror or e}); check where it is "
+                                  "redirected") from None
+            raise _write_error(out, e) from None
+
+    def close(self) -> None:
+        """Remove every temporary file that is left and let go of the locks."""
+        for out in self.outputs:
+            if out.tmp is not None:
+                _unlink(out.tmp)
+                out.tmp = None
+            if out._fd is not None:
+                os.close(out._fd)
+                out._fd = None
+        for path, fd in self._scratch:
+            _unlink(path)
+            os.close(fd)
+        self._scratch = []
+
+    def __enter__(self) -> "OutputSet":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
 
 
-def write_json(path: str | os.PathLike, doc: dict, force: bool = False) -> None:
-    """Write a JSON document atomically."""
-    with atomic_output(path, force) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+def _target_name(tmp: str) -> str:
+    """The target a temporary file was made for (for messages)."""
+    folder, name = os.path.split(tmp)
+    m = _TMP_NAME.match(name)
+    return os.path.join(folder, m.group(1)) if m else tmp
+
+
+_TMP_NAME = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{8}(\.cache|\.old)?" + re.escape(TMP_SUFFIX) + "$", re.S)
+
+
+def remove_stale(folder: str, base: str) -> list[str]:
+    """Remove the temporaries of ``folder/base`` left by runs that are gone.
+
+    A temporary file is held under an exclusive ``flock`` by the process that
+    made it, for as long as that process lives: the lock is free only when
+    that process is gone (whatever pid namespace it ran in). A backup link
+    (``.old``) is taken for stale when its process id no longer exists.
+    Returns the paths removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TMP_NAME.match(name)
+        if not m or m.group(1) != base:
+            continue
+        path = os.path.join(folder, name)
+        if m.group(3) == ".old":
+            if _pid_gone(int(m.group(2))):
+                removed += [path] if _unlink(path) else []
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner holds it: a run in progress
+        finally:
+            os.close(fd)
+        removed += [path] if _unlink(path) else []
+    return removed
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _take_back(out: Output, backup: str | None) -> None:
+    """Undo a rename into place: the replaced file comes back, or the new one goes."""
+    try:
+        if backup:
+            os.replace(backup, out.target)
+        else:
+            os.unlink(out.target)
+    except OSError:
+        pass
+
+
+_RENAME_NOREPLACE = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _renameat2 = _libc.renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+except (OSError, AttributeError):  # not glibc 2.28+: hard links instead
+    _renameat2 = None
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError), atomically."""
+    if _renameat2 is not None:
+        at_fdcwd = -100
+        if _renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot: fall back
+            raise OSError(err, os.strerror(err), dst)
+    try:
+        os.link(src, dst)  # fails if dst exists
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        # no hard links either (FAT, some FUSE): check, then rename; a small window
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", dst) from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _write_error(out: Output, e: OSError) -> OutputError:
+    return OutputError(f"{show_path(out.path)}: cannot write ({describe_os_error(e)}); nothing was written")
+
+
+def describe_os_error(e: OSError) -> str:
+    """A few words for a failed write: disk full, file too large, or the system's own words."""
+    text = str(e)
+    if e.strerror and e.strerror.startswith(("not enough disk space", "over the file size limit")):
+        return e.strerror  # from reserve(): it says how much is needed
+    if e.errno == errno.ENOSPC or "No space left" in text:
+        return "disk full"
+    if e.errno == errno.EFBIG or "File too large" in text:
+        return "file too large for this file system or limit"
+    return e.strerror or (text.splitlines()[0] if text else type(e).__name__)
 
 
 def reserve(path: str, nbytes: int) -> None:
-    """Allocate disk blocks for the whole output before HDF5 writes any data.
+    """Allocate disk blocks for a file before anything is written into it.
 
     A full disk then fails here, at once and cleanly, instead of inside HDF5
     after hours of work: HDF5 (1.14 and 2.0 alike) can crash the process at
-    exit once a write has failed with dirty chunks in its cache.
+    exit once a write has failed with dirty chunks in its cache. A failed
+    reservation gives back what it took, and says what is free.
     """
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         os.posix_fallocate(fd, 0, nbytes)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG):
+            os.ftruncate(fd, 0)  # a partial allocation would hold the disk full
             free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
             why = ("not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit")
             raise OSError(e.errno, f"{why}: the output needs up to {_human(nbytes)}, "
@@ -98,7 +466,7 @@ def reserve(path: str, nbytes: int) -> None:
         os.close(fd)
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"

@@ -1,24 +1,30 @@
-"""source -> statistics -> transform -> store: the one place that knows about
-worker processes and progress bars."""
+"""source -> statistics -> transform -> store, in stages: plan, fit, write.
+
+A pass over a source is a list of tasks, each over a :class:`Shard` (a range of
+rows of one split), run by an executor (:class:`imgnorm.workers.LocalExecutor`:
+this process or forked workers) whose results merge exactly. The task
+functions (:func:`stats_task`, :func:`read_task`) are plain module-level
+functions of ``(source, shard)``, so any executor can run them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
-import multiprocessing
-import os
-import queue
-import sys
 import threading
-from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import ImageError, ImgnormError, OptionError, SourceError, StatsFileError
-from .sources import Batch, FolderSplit, Source, Split
+from .errors import ImageError, OptionError, OutputError, SourceError, StatsFileError, printable
+from .outputs import OutputSet, describe_os_error
+from .sources import Batch, Source, Split
 from .stats import RunningStats, stats_document
-from .transforms import imagenet_fit, need_max_value
+from .transforms import LAYOUTS, COMPRESSIONS, Scaler, check_writable_dtype, need_max_value
+from .workers import LocalExecutor, ahead, progress
 
 DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
 # Automatic batches: images of a known shape come in batches of about this
@@ -38,169 +44,12 @@ IN_MEMORY_CACHE = 128 << 20
 WORKER_CHUNK = 16
 
 
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+class Shard(NamedTuple):
+    """Rows ``start:stop`` of split ``split``: what one task reads."""
 
-
-class _NoBar:
-    """What progress() gives when nothing is drawn: no tqdm import, no thread."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def progress(total: int, desc: str, show: bool):
-    """A tqdm bar on stderr, drawn only when asked and stderr is a terminal."""
-    if not show or not sys.stderr.isatty():
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
-
-
-# Worker processes inherit the splits (by name) when they fork, instead of
-# receiving them with every task.
-_WORKER_SPLITS: dict[str, Split] = {}
-
-
-def _stats_task(args, splits: dict[str, Split] | None = None) -> tuple[RunningStats, list]:
-    """Statistics of images start:stop of a split; the pixels themselves stay in the worker."""
-    name, start, stop, channels, dtype, on_error = args
-    rs = RunningStats(channels, dtype)
-    batch = (splits or _WORKER_SPLITS)[name].read(start, stop, on_error, visit=rs.update, keep=False)
-    return rs, batch.skipped
-
-
-def _read_task(args, splits: dict[str, Split] | None = None) -> tuple[Batch, RunningStats | None]:
-    """Images start:stop of a split, and their statistics when asked (computed as each is decoded)."""
-    name, start, stop, on_error, stats_of = args
-    rs = RunningStats(*stats_of) if stats_of else None
-    split = (splits or _WORKER_SPLITS)[name]
-    return split.read(start, stop, on_error, visit=rs.update if rs else None), rs
-
-
-def _worker_main(splits: dict[str, Split], conn) -> None:
-    """Run tasks from ``conn`` until told to stop or the parent goes away."""
-    global _WORKER_SPLITS
-    import signal
-    # Ctrl-C reaches the whole process group: the parent handles it and kills
-    # the workers, so they stay quiet instead of printing tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _WORKER_SPLITS = splits
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        fn, args = msg
-        try:
-            reply = (True, fn(args))
-        except Exception as e:  # sent back and raised in the parent
-            reply = (False, e)
-        try:
-            conn.send(reply)
-        except Exception as e:  # an exception that does not pickle
-            conn.send((False, RuntimeError(f"{type(e).__name__}: {e}")))
-
-
-class WorkerPool:
-    """Decoding processes with one pipe each and results in task order.
-
-    Unlike ``multiprocessing.Pool`` there are no locks shared between
-    processes, so killing the workers on Ctrl-C or an error can never
-    deadlock the parent: task k goes to worker k mod n, and each worker has
-    at most ``depth`` tasks queued.
-    """
-
-    def __init__(self, splits: dict[str, Split], n: int, depth: int = 2):
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        self.depth = depth
-        self.conns, self.procs = [], []
-        try:
-            for _ in range(n):
-                parent, child = ctx.Pipe()
-                p = ctx.Process(target=_worker_main, args=(splits, child), daemon=True)
-                p.start()
-                child.close()
-                self.conns.append(parent)
-                self.procs.append(p)
-        except BaseException:
-            self.kill()
-            raise
-
-    def imap(self, fn, tasks) -> Iterator:
-        tasks = list(tasks)
-        n = len(self.conns)
-        sent = 0
-        for k in range(len(tasks)):
-            try:
-                while sent < len(tasks) and sent < k + n * self.depth:
-                    self.conns[sent % n].send((fn, tasks[sent]))
-                    sent += 1
-                ok, result = self.conns[k % n].recv()
-            except (EOFError, OSError):  # the pipe of a worker that is gone
-                raise ImgnormError("a decoding worker process died (out of memory?); "
-                                   "try fewer --workers or a smaller --batch-size") from None
-            if not ok:
-                raise result
-            yield result
-
-    def close(self) -> None:
-        for c in self.conns:
-            try:
-                c.send(None)
-            except OSError:
-                pass
-        for p in self.procs:
-            p.join(timeout=5)
-        self.kill()
-
-    def kill(self) -> None:
-        for p in self.procs:
-            if p.is_alive():
-                p.kill()
-        for p in self.procs:
-            p.join()
-        for c in self.conns:
-            c.close()
-        self.procs, self.conns = [], []
-
-
-def _forks_workers(split: Split, workers: int | None, n_tasks: int = 2) -> bool:
-    """Whether reading ``split`` runs in worker processes (image folders on several cores)."""
-    return (workers or default_workers()) > 1 and isinstance(split, FolderSplit) and n_tasks > 1
-
-
-@contextmanager
-def _mapper(splits: dict[str, Split], workers: int, n_tasks: int) -> Iterator[Callable]:
-    """An ordered ``map`` over tasks: worker processes for image folders, else in-process.
-
-    One pool serves every split in ``splits``: no start-up per split, and no
-    idle worker at a split's end while tasks of the next are waiting.
-    """
-    if any(_forks_workers(s, workers, n_tasks) for s in splits.values()):
-        pool = WorkerPool(splits, min(workers, n_tasks))
-        try:
-            yield pool.imap
-        except BaseException:
-            pool.kill()
-            raise
-        else:
-            pool.close()
-    else:
-        yield lambda fn, tasks: (fn(t, splits) for t in tasks)
+    split: str
+    start: int
+    stop: int
 
 
 def batch_rows(split: Split | None, batch_size: int | None, shape: tuple[int, ...] | None = None,
@@ -220,143 +69,217 @@ def batch_rows(split: Split | None, batch_size: int | None, shape: tuple[int, ..
     return max(1, BATCH_BYTES // (values * 4) // chunk) * chunk
 
 
-def _task_ranges(split: Split, batch_size: int | None, workers: int) -> list[tuple[int, int]]:
-    """(start, stop) of each task: a batch, or a smaller share for a decoding worker."""
-    step = batch_rows(split, batch_size)
-    if workers > 1 and isinstance(split, FolderSplit):
-        step = min(WORKER_CHUNK, step)
-    return [(i, min(i + step, len(split))) for i in range(0, len(split), step)]
+def shards(source: Source, names: list[str], rows: int | dict[str, int], *, parallel: bool) -> list[Shard]:
+    """The shards of splits ``names``: ``rows`` images each (per split if a dict),
+    or a smaller share for decoding workers."""
+    out = []
+    for name in names:
+        split = source.splits[name]
+        step = rows[name] if isinstance(rows, dict) else rows
+        if parallel and source.decodes:
+            step = min(WORKER_CHUNK, step)
+        out += [Shard(name, a, min(a + step, len(split))) for a in range(0, len(split), step)]
+    return out
 
 
-def compute_stats(source: Source, *, split: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int | None = None, on_error: str = "fail", show_progress: bool = False) -> dict:
+# ------------------------------------------------------------ tasks
+
+
+def stats_task(source: Source, shard: Shard, on_error: str = "fail") -> tuple[RunningStats, list]:
+    """Statistics of a shard; the pixels themselves stay where they were decoded."""
+    rs = RunningStats(source.channels, source.dtype)
+    batch = source.splits[shard.split].read(shard.start, shard.stop, on_error, visit=rs.update, keep=False)
+    return rs, batch.skipped
+
+
+def read_task(source: Source, shard: Shard, on_error: str = "fail",
+              with_stats: bool = False) -> tuple[Batch, RunningStats | None]:
+    """The images of a shard, and their statistics when asked (computed as each is decoded)."""
+    rs = RunningStats(source.channels, source.dtype) if with_stats else None
+    batch = source.splits[shard.split].read(shard.start, shard.stop, on_error,
+                                            visit=rs.update if rs is not None else None)
+    return batch, rs
+
+
+def _executor(source: Source, names: list[str], workers: int | None, batch_size: int | None) -> LocalExecutor:
+    items = sum(len(source.splits[n]) for n in names)
+    tasks = len(shards(source, names, batch_rows(None, batch_size, (1, 1, 1)), parallel=True))
+    return LocalExecutor(source, workers, items=items, tasks=tasks)
+
+
+# ------------------------------------------------------------ statistics
+
+
+def compute_stats(source: Source, *, split: str | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
+                  workers: int | None = None, on_error: str = "fail", show_progress: bool = False,
+                  output: str | None = None, force: bool = False, executor=None) -> dict:
     """Statistics of every split of ``source`` (or of one), as a stats document.
 
     Parameters
     ----------
     source : Source
-        From :func:`imgnorm.sources.open_source`.
+        From :func:`imgnorm.open_source`.
     split : str, optional
         Only this split.
-    batch_size : int
+    batch_size : int, optional
         Images held in memory at once (per worker).
     workers : int, optional
-        Decoding processes for image folders; default: all cores.  The result
+        Decoding processes for image folders; default: all cores. The result
         does not depend on it.
+    output : str, optional
+        Also write the document there (JSON; ``-`` for standard output),
+        checked before any image is read and replaced only with ``force``.
+
+    Returns
+    -------
+    dict
+        The stats document (format ``imgnorm.stats``): per split, the image and
+        pixel counts and global and per-channel count, mean, var, std, min, max.
     """
     names = [source.split(split).name] if split else list(source.splits)
-    splits = {name: source.splits[name] for name in names}
-    workers = workers or default_workers()
-    tasks = [(name, a, b, source.channels, source.dtype, on_error)
-             for name in names for a, b in _task_ranges(splits[name], batch_size, workers)]
+    with OutputSet(force) as outputs:
+        out = outputs.add(output, "-o", what="the stats document") if output else None
+        outputs.check_inputs({"SOURCE": source.path})
+        with executor or _executor(source, names, workers, batch_size) as ex:
+            rows = {n: batch_rows(source.splits[n], batch_size) for n in names}
+            tasks = shards(source, names, rows, parallel=ex.parallel)
+            results, skipped = _stats_pass(source, tasks, ex, on_error, show_progress)
+        for name in names:
+            if results[name].images_ == 0 and len(source.splits[name]):
+                sk = skipped[name]
+                raise SourceError(f"{printable(source.path)}: no image of split {name} could be read "
+                                  f"({len(sk)} skipped, first: {printable(sk[0][0])}: {printable(sk[0][1])})")
+        fit = source.fit_split if source.fit_split in results else names[0]
+        doc = stats_document(source=source.name, color=source.color, channels=source.channels,
+                             max_value=source.max_value, splits=results, fit_split=fit,
+                             skipped=list(source.skipped) + [s for n in names for s in skipped[n]])
+        if out is not None:
+            outputs.set_content(out, document_bytes(doc))
+            outputs.commit()
+    return doc
+
+
+def _stats_pass(source: Source, tasks: list[Shard], ex, on_error: str, show_progress: bool):
+    names = list(dict.fromkeys(t.split for t in tasks)) or list(source.splits)
     results = {name: RunningStats(source.channels, source.dtype) for name in names}
     skipped: dict[str, list] = {name: [] for name in names}
-    with ExitStack() as bars, _mapper(splits, workers, len(tasks)) as imap:
+    with ExitStack() as bars:
         bar, current = None, None
-        for (name, a, b, *_), (part, skip) in zip(tasks, imap(_stats_task, tasks)):
-            if name != current:  # a bar per split, in turn
+        for task, (part, skip) in zip(tasks, ex.map(partial(stats_task, on_error=on_error), tasks)):
+            if task.split != current:  # a bar per split, in turn
                 bars.close()
-                bar, current = bars.enter_context(progress(len(splits[name]), f"stats {name}", show_progress)), name
-            results[name].merge(part)
-            skipped[name].extend(skip)
-            bar.update(b - a)
-    for name in names:
-        sk = skipped[name]
-        if results[name].images_ == 0 and len(splits[name]):
-            raise SourceError(f"{source.path}: no image of split {name} could be read "
-                              f"({len(sk)} skipped, first: {sk[0][0]}: {sk[0][1]})")
-    skipped = list(source.skipped) + [s for name in names for s in skipped[name]]
-    fit = source.fit_split if source.fit_split in results else names[0]
-    return stats_document(source=os.path.abspath(source.path), color=source.color, channels=source.channels,
-                          max_value=source.max_value, splits=results, fit_split=fit, skipped=skipped)
+                current = task.split
+                bar = bars.enter_context(progress(len(source.splits[current]), f"stats {current}", show_progress))
+            results[task.split].merge(part)
+            skipped[task.split].extend(skip)
+            bar.update(task.stop - task.start)
+    return results, skipped
 
 
-# ------------------------------------------------------------ writing HDF5
+def document_bytes(doc: dict) -> bytes:
+    """A stats document as the file bytes imgnorm writes."""
+    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
-def read_batches(split: Split, *, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-                 on_error: str = "fail", stats_of: tuple | None = None) -> Iterator[tuple[Batch, RunningStats]]:
-    """The split's batches in order, decoded by ``workers`` processes for image folders.
+# ------------------------------------------------------------ plan
 
-    Yields ``(batch, stats)``: with ``stats_of = (channels, dtype)`` the
-    statistics of the batch, computed where and when it was decoded, else None.
+
+@dataclass
+class WritePlan:
+    """What a write will do, decided before any pixel is read."""
+
+    source: Source
+    names: list[str]  # the splits written, in order
+    fit_split: str | None  # the split whose statistics apply (None: per image)
+    fit: bool  # whether the statistics must be fitted first
+    shapes: dict[str, tuple[int, int, int]]  # (height, width, channels) of every split read
+    dtype: np.dtype
+    layout: str = "nhwc"
+    compression: str = "none"
+    batch_size: int | None = None
+    on_error: str = "fail"
+    max_value: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def rows(self, name: str) -> int:
+        """Images per batch when writing split ``name``: whole output chunks."""
+        return batch_rows(self.source.splits[name], self.batch_size, self.shapes[name], self.dtype.itemsize)
+
+    @property
+    def bound(self) -> int:
+        """An upper bound of the HDF5 file's size: uncompressed data, labels,
+        file names, plus room for HDF5's indexes and the attributes."""
+        total = 4 << 20
+        for name in self.names:
+            split = self.source.splits[name]
+            total += len(split) * int(np.prod(self.shapes[name])) * self.dtype.itemsize
+            total += len(split) * 8 if split.labels is not None else 0
+            total += sum(len(f.encode("utf-8", "surrogateescape")) + 64 for f in split.files) \
+                if split.files is not None else 0
+        return total + total // 50
+
+    @property
+    def cache_bytes(self) -> int:
+        """Decoded pixels of the fit split kept between its two passes (0: read it again)."""
+        if not self.fit or self.fit_split not in self.names:
+            return 0
+        split = self.source.splits[self.fit_split]
+        if not split.keep_between_passes:
+            return 0
+        return len(split) * int(np.prod(self.shapes[self.fit_split])) * self.source.dtype.itemsize
+
+
+def plan_write(source: Source, scaler: Scaler, *, splits: list[str] | None = None, fit_split: str | None = None,
+               dtype: str = "float32", layout: str = "nhwc", compression: str = "none",
+               batch_size: int | None = None, on_error: str = "fail") -> WritePlan:
+    """Check the options against the source and decide names, shapes and the fit split.
+
+    Reads image headers (to know the output's shapes and size), never pixels.
     """
-    workers = workers or default_workers()
-    tasks = [(split.name, a, b, on_error, stats_of) for a, b in _task_ranges(split, batch_size, workers)]
-    with _mapper({split.name: split}, workers, len(tasks)) as imap:
-        yield from imap(_read_task, tasks)
+    out_dtype = check_writable_dtype(dtype)
+    if layout not in LAYOUTS:
+        raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}", option="--layout")
+    if compression not in COMPRESSIONS:
+        raise OptionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
+                          option="--compression")
+    names = [source.split(s).name for s in splits] if splits else list(source.splits)
+    fit_name = source.split(fit_split).name if fit_split else source.fit_split
+    loaded = scaler._doc is not None or scaler._constants is not None
+    if scaler.per_image and fit_split is not None:
+        raise OptionError("--per-image uses each image's own statistics; it cannot take --fit-split")
+    if loaded and fit_split is not None:
+        raise OptionError("--stats applies saved statistics; it cannot take --fit-split")
+    max_value = scaler.max_value or source.max_value
+    _check_scaler_fits(source, scaler, max_value)
+    if scaler.per_image and (scaler.method == "normalize" and not scaler.minmax
+                             or scaler.method == "center" and scaler.unit):
+        need_max_value(max_value)
+    if not scaler.per_image and not scaler.needs_fit:
+        scaler.scaling(source.dtype, source.channels)  # float pixels without --max-value fail here
+    if out_dtype == np.float16:
+        scaler.check_float16(source.dtype)
+    fit = scaler.needs_fit
+    read = names + ([fit_name] if fit and fit_name not in names else [])
+    shapes = {name: image_shape(source, source.splits[name], on_error) for name in read}
+    return WritePlan(source, names, None if scaler.per_image else fit_name, fit, shapes, out_dtype, layout,
+                     compression, batch_size, on_error, max_value)
 
 
-class PixelCache:
-    """Decoded pixels of one split kept between the statistics pass and the
-    writing pass, so a JPEG is decoded (or an .npz member inflated) once.
-
-    In memory when the split is small (at most ``IN_MEMORY_CACHE`` bytes),
-    else in a raw file beside the output, removed on close.
-    """
-
-    def __init__(self, folder: str, image_shape: tuple[int, ...], dtype, n_images: int):
-        self.image_shape = tuple(image_shape)
-        self.dtype = np.dtype(dtype)
-        self._memory: list[np.ndarray] | None = None
-        self._file = None
-        self.path = None
-        if n_images * int(np.prod(self.image_shape)) * self.dtype.itemsize <= IN_MEMORY_CACHE:
-            self._memory = []
-        else:
-            import tempfile
-
-            from .outputs import TMP_SUFFIX
-            fd, self.path = tempfile.mkstemp(prefix=".imgnorm-cache.", suffix=TMP_SUFFIX, dir=folder)
-            self._file = os.fdopen(fd, "wb")
-        self.dtype = np.dtype(dtype)
-        self.n = 0
-        self.labels: list = []
-        self.files: list[str] = []
-
-    def append(self, batch: Batch) -> None:
-        x = np.ascontiguousarray(batch.images)
-        if self._memory is not None:
-            self._memory.append(x)
-        else:
-            self._file.write(memoryview(x.reshape(-1).view(np.uint8)))
-        self.n += len(batch)
-        if batch.labels is not None:
-            self.labels.append(batch.labels)
-        if batch.files is not None:
-            self.files.extend(batch.files)
-
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        if self.n == 0:
-            return
-        labels = np.concatenate(self.labels) if self.labels else None
-        if self._memory is not None:
-            a = 0
-            while self._memory:
-                x = self._memory.pop(0)  # let go of each batch once it is handed out
-                yield Batch(x, labels[a:a + len(x)] if labels is not None else None,
-                            self.files[a:a + len(x)] if self.files else None, a)
-                a += len(x)
-            return
-        self._file.flush()
-        # Plain reads, not a memory map: mapped pages would stay in the
-        # process's resident memory and grow with the dataset.
-        with open(self.path, "rb") as f:
-            for a in range(0, self.n, batch_size):
-                b = min(a + batch_size, self.n)
-                x = np.empty((b - a,) + self.image_shape, self.dtype)
-                f.readinto(memoryview(x.reshape(-1).view(np.uint8)))
-                yield Batch(x, labels[a:b] if labels is not None else None,
-                            self.files[a:b] if self.files else None, a)
-
-    def close(self) -> None:
-        self._memory = None
-        if self._file is not None:
-            self._file.close()
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+def _check_scaler_fits(source: Source, scaler: Scaler, max_value) -> None:
+    """A loaded stats document must describe pixels read like these."""
+    if scaler._constants is not None:
+        scaler._constants_fit(source.channels, max_value)  # one value per channel
+        return
+    doc = scaler._doc
+    if doc is None:
+        return
+    if doc["channels"] != source.channels:
+        raise StatsFileError(f"the stats document has {doc['channels']} channel(s), {printable(source.path)} has "
+                             f"{source.channels}; compute statistics on data read the same way")
+    want = scaler.max_value or source.max_value
+    if want is not None and doc.get("max_value") != want:
+        raise StatsFileError(f"the stats document is for pixels with max value {doc.get('max_value')}, "
+                             f"{printable(source.path)} has {want}")
 
 
 def image_shape(source: Source, split: Split, on_error: str = "fail") -> tuple[int, int, int]:
@@ -381,310 +304,286 @@ def image_shape(source: Source, split: Split, on_error: str = "fail") -> tuple[i
         if first is None:
             first = (f, info.width, info.height)
         elif (info.width, info.height) != first[1:]:
-            raise SourceError(f"images differ in size: {first[0]} is {first[1]}x{first[2]}, {f} is "
-                              f"{info.width}x{info.height}; pass --size WxH to resize them all")
+            raise SourceError(f"images differ in size: {printable(first[0])} is {first[1]}x{first[2]}, "
+                              f"{printable(f)} is {info.width}x{info.height}; pass --size WxH to resize them all")
     if first is None:
-        raise SourceError(f"{source.path}: no readable image in split {split.name}")
+        raise SourceError(f"{printable(source.path)}: no readable image in split {split.name}")
     return (first[2], first[1], source.channels)
 
 
-def _check_options(method, *, per_channel, per_image, minmax, unit, clip_rescale, epsilon, stats, fit_split):
-    from .transforms import METHODS
-    if method not in METHODS:
-        raise OptionError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    for flag, ok, name in ((minmax, method == "normalize", "--minmax"), (unit, method == "center", "--unit"),
-                           (clip_rescale, method == "standardize", "--clip-rescale"),
-                           (epsilon, method == "standardize", "--epsilon")):
-        if flag and not ok:
-            raise OptionError(f"{name} does not apply to {method}", option=name)
-    if epsilon < 0:
-        raise OptionError(f"--epsilon must be >= 0, got {epsilon}", option="--epsilon")
-    if per_image and stats is not None:
-        raise OptionError("--per-image uses each image's own statistics; it cannot take --stats")
-    if per_image and fit_split is not None:
-        raise OptionError("--per-image uses each image's own statistics; it cannot take --fit-split")
-    if stats is not None and fit_split is not None:
-        raise OptionError("--stats applies saved statistics; it cannot take --fit-split")
+# ------------------------------------------------------------ write
 
 
-def _plan(source: Source, method: str, scaling_from: Callable, *, stats, per_image: bool, per_channel: bool,
-          minmax: bool, unit: bool, max_value) -> tuple:
-    """What gets applied, decided before any pixel is read where possible.
-
-    Returns ``(scaling, applied document, per_channel)``; ``scaling`` is None
-    when it has to be fitted on the data first, or for --per-image.
-    """
-    if per_image:
-        if method == "normalize" and not minmax or method == "center" and unit:
-            need_max_value(max_value)
-        return None, None, per_channel
-    if stats == "imagenet":
-        fit = imagenet_fit(source.channels, max_value)
-        applied = {"format": "imgnorm.stats", "version": 1, "source": "imagenet", "color": "rgb", "channels": 3,
-                   "max_value": max_value, "fit_split": "imagenet", "splits": {"imagenet": fit}}
-        return scaling_from(fit, True), applied, True
-    if isinstance(stats, dict):
-        if stats["channels"] != source.channels:
-            raise StatsFileError(f"the stats document has {stats['channels']} channel(s), {source.path} has "
-                                 f"{source.channels}; compute statistics on data read the same way")
-        if stats.get("max_value") != source.max_value:
-            raise StatsFileError(f"the stats document is for pixels with max value {stats.get('max_value')}, "
-                                 f"{source.path} has {source.max_value}")
-        return scaling_from(stats["splits"][stats["fit_split"]], per_channel), stats, per_channel
-    if method == "normalize" and not minmax:
-        return scaling_from({}, per_channel), None, per_channel
-    return None, None, per_channel
-
-
-def transform_to_hdf5(source: Source, output: str, method: str, *, per_channel: bool = False,
-                      per_image: bool = False, minmax: bool = False, unit: bool = False,
-                      clip_rescale: bool = False, epsilon: float = 0.0, fit_split: str | None = None,
-                      stats: dict | str | None = None, max_value: float | None = None, dtype: str = "float32",
+def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "standardize", *,
+                      splits: list[str] | None = None, fit_split: str | None = None, dtype: str = "float32",
                       layout: str = "nhwc", compression: str = "none", force: bool = False,
-                      stats_out: str | None = None, splits: list[str] | None = None,
-                      batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, on_error: str = "fail",
-                      show_progress: bool = False) -> dict:
-    """Scale every split of ``source`` and write them to the HDF5 file ``output``.
+                      stats_out: str | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
+                      workers: int | None = None, on_error: str = "fail", show_progress: bool = False,
+                      inputs: dict[str, str] | None = None, executor=None) -> dict:
+    """Scale every split of ``source`` with ``scaler`` and write them to the HDF5 file ``output``.
 
     Parameters
     ----------
-    method : {"normalize", "center", "standardize"}
-    per_channel : bool
-        Per-channel statistics instead of global ones.
-    per_image : bool
-        Sample-wise: each image is scaled with its own statistics.
-    stats : dict or "imagenet", optional
-        A stats document to apply instead of fitting on ``fit_split``.
+    scaler : Scaler or str
+        What to apply; a method name means ``Scaler(method)``. Unless it is
+        already fitted (loaded statistics, a preset) it is fitted on
+        ``fit_split`` first, feature-wise, and applied to every split.
     fit_split : str, optional
-        The split whose statistics are applied to every split (default:
-        ``train`` when present, else the only split).
+        Default: ``train`` when present, else the first split.
+    splits : list of str, optional
+        Write only these splits.
+    stats_out : str, optional
+        Also write the stats document of the data read.
+    inputs : dict, optional
+        Other files the run reads (``{"--stats": path}``): an output naming one is refused.
 
     Returns
     -------
     dict
-        ``rows`` per split, the ``stats`` document of the written data, the
-        ``applied`` document, ``warnings`` and ``skipped`` images.
+        ``output``; ``rows`` per split; ``stats``, the document of the data
+        read; ``applied``, the document applied; ``warnings``; ``skipped`` images.
     """
-    from .outputs import atomic_output, check_output, reserve, write_json
+    scaler = scaler if isinstance(scaler, Scaler) else Scaler(scaler)
+    with OutputSet(force) as outputs:
+        out = outputs.add(output, "-o", seekable=True, what="HDF5 output")
+        doc_out = outputs.add(stats_out, "--stats-out", what="the stats document") if stats_out else None
+        outputs.check_inputs({"SOURCE": source.path, **(inputs or {})})
+        plan = plan_write(source, scaler, splits=splits, fit_split=fit_split, dtype=dtype, layout=layout,
+                          compression=compression, batch_size=batch_size, on_error=on_error)
+        read = list(dict.fromkeys(plan.names + ([plan.fit_split] if plan.fit else [])))
+        with executor or _executor(source, read, workers, batch_size) as ex:
+            try:
+                result = _run_write(plan, scaler, ex, outputs, out, show_progress)
+            except OSError as e:  # the output or its pixel cache: a full disk, a quota, a lost mount
+                raise OutputError(f"{printable(output)}: cannot write ({describe_os_error(e)}); nothing was "
+                                  "written") from None
+        if doc_out is not None:
+            outputs.set_content(doc_out, document_bytes(result["stats"]))
+        outputs.commit()
+    result["output"] = output
+    return result
+
+
+def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, show_progress: bool) -> dict:
+    """Fit (if needed), then write every split into ``out.tmp``; the steps of :func:`transform_to_hdf5`."""
     from .report import channel_names
-    from .transforms import check_writable_dtype, feature_scaling, per_image_scaled
 
-    _check_options(method, per_channel=per_channel, per_image=per_image, minmax=minmax, unit=unit,
-                   clip_rescale=clip_rescale, epsilon=epsilon, stats=stats, fit_split=fit_split)
-    out_dtype = check_writable_dtype(dtype)
-    check_output(output, force)
-    if stats_out:
-        check_output(stats_out, force)
-    names = [source.split(s).name for s in splits] if splits else list(source.splits)
-    fit_name = source.split(fit_split).name if fit_split else source.fit_split
-    max_value = max_value or source.max_value
-    cnames = channel_names(source.color, source.channels)
-    shapes = {name: image_shape(source, source.splits[name], on_error) for name in names}
-
-    def scaling_from(fit_entry, per_ch):
-        return feature_scaling(method, fit_entry, channels=source.channels, max_value=max_value,
-                               per_channel=per_ch, minmax=minmax, unit=unit, clip_rescale=clip_rescale,
-                               epsilon=epsilon, channel_names=cnames)
-
-    scaling, applied, per_channel = _plan(source, method, scaling_from, stats=stats, per_image=per_image,
-                                          per_channel=per_channel, minmax=minmax, unit=unit, max_value=max_value)
-    needs_fit = scaling is None and not per_image
-    if out_dtype == np.float16:
-        _check_float16(scaling, method, unit, per_image, max_value, source)
-
-    results: dict[str, RunningStats] = {}
-    skipped: list = list(source.skipped)
-    rows: dict[str, int] = {}
-    warnings: list[str] = []
-    folder = os.path.dirname(os.path.abspath(output))
-    with atomic_output(output, force) as tmp, ExitStack() as stack:
+    scaler.channel_names = channel_names(plan.source.color, plan.source.channels)
+    with ExitStack() as stack:
+        cache = stack.enter_context(PixelCache.for_plan(plan, outputs, out))
         # The disk space first: a full disk fails before the fit pass, not after it.
-        bound = _output_bound(source, names, shapes, out_dtype)
-        reserve(tmp, bound)
-        if needs_fit and not any(_forks_workers(s, workers) for s in source.splits.values()):
-            # h5py's import (~25 ms, most of it Python) runs beside the fit pass,
-            # which spends its time in ISA-L and the C kernel without the GIL.
-            # Not where worker processes fork: a fork during an import in
-            # another thread can leave the child a module lock nobody releases.
-            threading.Thread(target=importlib.import_module, args=(f"{__package__}.store",), daemon=True,
-                             name="imgnorm-import").start()
-        cache = None
-        if needs_fit:
-            split = source.splits[fit_name]
-            if fit_name not in shapes:
-                shapes[fit_name] = image_shape(source, split, on_error)
-            if fit_name in names and split.keep_between_passes:
-                cache = PixelCache(folder, shapes[fit_name], source.dtype, len(split))
-                stack.callback(cache.close)
-            rs, fit_skipped = _fit_pass(source, split, shapes[fit_name], cache=cache, batch_size=batch_size,
-                                        workers=workers, on_error=on_error, show_progress=show_progress)
-            skipped.extend(fit_skipped)
-            results[fit_name] = rs
-            scaling = scaling_from(rs.to_dict(), per_channel)
-            if out_dtype == np.float16:
-                _check_float16(scaling, method, unit, per_image, max_value, source)
+        outputs.reserve({out.tmp: plan.bound, **({cache.path: plan.cache_bytes} if cache.path else {})})
+        # h5py's import (~25 ms, most of it Python) runs beside the fit pass, which
+        # spends its time in ISA-L and the C kernel; the workers have forked already.
+        threading.Thread(target=importlib.import_module, args=(f"{__package__}.store",), daemon=True,
+                         name="imgnorm-import").start()
+        state = _WriteState(list(plan.source.skipped))
+        if plan.fit:
+            state.results[plan.fit_split] = fit_pass(plan, scaler, ex, cache, state.skipped, show_progress)
+            if plan.dtype == np.float16:
+                scaler.check_float16(plan.source.dtype)
         from .store import H5Writer  # imports h5py (or waits for the thread above)
 
-        writer = stack.enter_context(H5Writer(tmp, dtype=out_dtype, layout=layout, compression=compression,
-                                              reserve_bytes=bound))
-        if scaling is not None:
-            warnings.extend(f"{w} (statistics of {applied['fit_split'] if applied else fit_name})"
-                            for w in scaling.warnings)
-        n_flat = 0
-        for name in names:
-            split = source.splits[name]
-            labels_dtype = split.labels.dtype if split.labels is not None else None
-            writer.create_split(name, len(split), shapes[name], labels_dtype=labels_dtype,
-                                with_files=split.files is not None)
-            fresh = name not in results
-            rs = RunningStats(source.channels, source.dtype) if fresh else results[name]
-            per_batch = batch_rows(split, batch_size, shapes[name], out_dtype.itemsize)
-            if cache is not None and name == fit_name:
-                batches = ((b, None) for b in cache.batches(per_batch))
-            else:
-                batches = read_batches(split, batch_size=per_batch,
-                                       workers=workers, on_error=on_error,
-                                       stats_of=(source.channels, source.dtype) if fresh else None)
-
-            def scale(batch_stats, shape=shapes[name]):
-                batch, part = batch_stats
-                x = _as_array(batch, shape)
-                if per_image:
-                    return batch, part, *per_image_scaled(x, method, max_value=max_value, per_channel=per_channel,
-                                                       minmax=minmax, unit=unit, clip_rescale=clip_rescale,
-                                                       epsilon=epsilon, dtype=out_dtype)
-                return batch, part, scaling.apply(x, out_dtype), 0
-
-            with progress(len(split), f"write {name}", show_progress) as bar:
-                # Reading and scaling run one batch ahead in a thread (zlib,
-                # libjpeg and numpy release the GIL) while this one writes.
-                for batch, part, y, flat in ahead(batches, scale):
-                    if fresh:
-                        rs.merge(part)
-                        skipped.extend(batch.skipped)
-                    n_flat += flat
-                    writer.write(name, y, batch.labels, batch.files)
-                    bar.update(len(batch) + len(batch.skipped))
-            rows[name] = writer.finish_split(name)
-            results[name] = rs
-        if sum(rows.values()) == 0:
-            raise SourceError(f"{source.path}: no image could be read; nothing was written")
-        if n_flat:
-            warnings.append(f"{n_flat} image(s) had a zero {'std' if method == 'standardize' else 'spread'} "
-                            "in some channel; those channels got scale 1 (a blank image becomes zeros)")
-        # every split read, in the source's order: the written ones and the fit split
-        doc = stats_document(source=os.path.abspath(source.path), color=source.color,
-                             channels=source.channels, max_value=max_value,
-                             splits={n: results[n] for n in source.splits if n in results},
-                             fit_split=fit_name if fit_name in results else names[0], skipped=skipped)
-        options = {"per_channel": per_channel, "per_image": per_image, "minmax": minmax, "unit": unit,
-                   "clip_rescale": clip_rescale, "epsilon": epsilon, "fit_split": None if per_image else fit_name,
-                   "stats": "imagenet" if stats == "imagenet" else ("file" if stats else None),
-                   "max_value": max_value, "dtype": out_dtype.name, "layout": layout, "compression": compression,
-                   "color": source.color, "size": list(source.splits[names[0]].size)
-                   if getattr(source.splits[names[0]], "size", None) else None}
-        if scaling is not None and not per_image:
-            options["offset"] = scaling.offset.tolist()
-            options["scale"] = scaling.scale.tolist()
-        from . import __version__
-        writer.set_attrs(stats=json.dumps(applied or doc), class_names=source.class_names, method=method,
-                         options=options, source=os.path.abspath(source.path), imgnorm_version=__version__,
-                         skipped=[{"file": f, "reason": r} for f, r in skipped] if skipped else None)
-    if stats_out:
-        write_json(stats_out, doc, force)
-    return {"output": output, "rows": rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
-            "skipped": skipped}
+        with H5Writer(out.tmp, dtype=plan.dtype, layout=plan.layout, compression=plan.compression,
+                      reserve_bytes=plan.bound) as writer:
+            for name in plan.names:
+                _write_split(plan, scaler, ex, writer, name, cache, state, show_progress)
+            if sum(state.rows.values()) == 0:
+                raise SourceError(f"{printable(plan.source.path)}: no image could be read; nothing was written")
+            return _finish(plan, scaler, writer, state)
 
 
-def _fit_pass(source: Source, split: Split, shape: tuple[int, ...], *, cache: PixelCache | None,
-              batch_size: int | None, workers: int | None, on_error: str,
-              show_progress: bool) -> tuple[RunningStats, list]:
-    """Statistics of the fit split in one streaming pass, its pixels kept in ``cache`` if given.
+@dataclass
+class _WriteState:
+    skipped: list
+    results: dict[str, RunningStats] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    n_flat: int = 0
 
-    Returns the split's :class:`RunningStats` and the images skipped.
-    """
+
+def fit_pass(plan: WritePlan, scaler: Scaler, ex, cache: "PixelCache", skipped: list,
+             show_progress: bool = False) -> RunningStats:
+    """Statistics of the fit split in one streaming pass (its pixels kept in
+    ``cache`` when it holds them); the scaler is fitted on them."""
+    source, name = plan.source, plan.fit_split
+    split, shape = source.splits[name], plan.shapes[name]
     rs = RunningStats(source.channels, source.dtype)
-    skipped: list = []
-    in_process = not _forks_workers(split, workers)
-    with progress(len(split), f"stats {split.name}", show_progress) as bar:
-        # Worker processes compute each image's statistics as they decode it;
-        # read here, a batch's statistics are computed while the next is read.
-        batches = read_batches(split, batch_size=batch_rows(split, batch_size, shape), workers=workers,
-                               on_error=on_error, stats_of=None if in_process else (source.channels, source.dtype))
+    tasks = shards(source, [name], batch_rows(split, plan.batch_size, shape), parallel=ex.parallel)
+    # Worker processes compute each image's statistics as they decode it;
+    # read here, a batch's statistics are computed while the next is read.
+    batches = ex.map(partial(read_task, on_error=plan.on_error, with_stats=ex.parallel), tasks)
+    with progress(len(split), f"stats {name}", show_progress) as bar:
         for batch, x, part in ahead(batches, lambda bs: (bs[0], _as_array(bs[0], shape), bs[1])):
             if part is None:
                 rs.update(x)
             else:
                 rs.merge(part)
             skipped.extend(batch.skipped)
-            if cache is not None:
-                cache.append(Batch(x, batch.labels, batch.files, batch.start))
+            cache.append(Batch(x, batch.labels, batch.files, batch.start))
             bar.update(len(batch) + len(batch.skipped))
     if rs.images_ == 0:
-        raise SourceError(f"{source.path}: no image of split {split.name} could be read")
-    return rs, skipped
+        raise SourceError(f"{printable(source.path)}: no image of split {name} could be read")
+    scaler.fit_stats(rs)
+    return rs
 
 
-def ahead(items: Iterator, fn: Callable, depth: int = 1) -> Iterator:
-    """``fn(item)`` for each item, computed in a background thread up to
-    ``depth`` items ahead of the consumer, in order.
+def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: "PixelCache",
+                 state: _WriteState, show_progress: bool) -> None:
+    """Scale and write one split, computing its statistics on the way if it was not fitted on."""
+    source, split, shape = plan.source, plan.source.splits[name], plan.shapes[name]
+    writer.create_split(name, len(split), shape, labels_dtype=split.labels.dtype if split.labels is not None
+                        else None, with_files=split.files is not None)
+    fresh = name not in state.results
+    rs = RunningStats(source.channels, source.dtype) if fresh else state.results[name]
+    per_batch = plan.rows(name)
+    if cache.holds(name):
+        batches = ((b, None) for b in cache.batches(per_batch))
+    else:
+        tasks = shards(source, [name], per_batch, parallel=ex.parallel)
+        batches = ex.map(partial(read_task, on_error=plan.on_error, with_stats=fresh), tasks)
 
-    Exceptions in the thread are raised here; if the consumer stops early
-    (an error, Ctrl-C) the thread stops too and closes ``items``.
+    def scale(batch_stats):
+        batch, part = batch_stats
+        return (batch, part, *scaler.transform_batch(_as_array(batch, shape), plan.dtype))
+
+    with progress(len(split), f"write {name}", show_progress) as bar:
+        # Reading and scaling run one batch ahead in a thread (zlib, libjpeg
+        # and numpy release the GIL) while this one writes.
+        for batch, part, y, flat in ahead(batches, scale):
+            if fresh:
+                rs.merge(part)
+                state.skipped.extend(batch.skipped)
+            state.n_flat += flat
+            writer.write(name, y, batch.labels, batch.files)
+            bar.update(len(batch) + len(batch.skipped))
+    state.rows[name] = writer.finish_split(name)
+    state.results[name] = rs
+
+
+def _finish(plan: WritePlan, scaler: Scaler, writer, state: _WriteState) -> dict:
+    """The stats document of the data read, the attributes, and the result."""
+    from . import __version__
+
+    source = plan.source
+    warnings = []
+    if not scaler.per_image:
+        scaling = scaler.scaling(source.dtype, source.channels)
+        applied = scaler.applied_document(plan.max_value)
+        warnings += [f"{w} (statistics of {applied['fit_split'] if applied else plan.fit_split})"
+                     for w in scaling.warnings]
+    else:
+        scaling, applied = None, None
+    if state.n_flat:
+        warnings.append(f"{state.n_flat} image(s) had a zero {'std' if scaler.method == 'standardize' else 'spread'}"
+                        " in some channel; those channels got scale 1 (a blank image becomes zeros)")
+    results = state.results
+    # every split read, in the source's order: the written ones and the fit split
+    doc = stats_document(source=source.name, color=source.color, channels=source.channels,
+                         max_value=plan.max_value, splits={n: results[n] for n in source.splits if n in results},
+                         fit_split=plan.fit_split if plan.fit_split in results else plan.names[0],
+                         skipped=state.skipped)
+    writer.set_attrs(stats=json.dumps(applied or doc), class_names=source.class_names, method=scaler.method,
+                     options=_options_attr(plan, scaler, scaling), source=printable(source.name),
+                     imgnorm_version=__version__,
+                     skipped=[{"file": f, "reason": r} for f, r in state.skipped] if state.skipped else None)
+    return {"rows": state.rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
+            "skipped": state.skipped}
+
+
+def _options_attr(plan: WritePlan, scaler: Scaler, scaling) -> dict:
+    """Every option of the run, for the ``options`` attribute."""
+    split = plan.source.splits[plan.names[0]]
+    options = {"per_channel": scaler.per_channel, "per_image": scaler.per_image, "minmax": scaler.minmax,
+               "unit": scaler.unit, "clip_rescale": scaler.clip_rescale, "epsilon": scaler.epsilon or 0.0,
+               "fit_split": plan.fit_split,
+               "stats": scaler._preset or ("constants" if scaler._constants else None)
+               or ("file" if scaler._doc is not None else None),
+               "max_value": plan.max_value, "dtype": plan.dtype.name, "layout": plan.layout,
+               "compression": plan.compression, "color": plan.source.color,
+               "size": list(split.size) if getattr(split, "size", None) else None}
+    if scaling is not None:
+        options["offset"] = scaling.offset.tolist()
+        options["scale"] = scaling.scale.tolist()
+    return options
+
+
+class PixelCache:
+    """Decoded pixels of the fit split kept between the statistics pass and the
+    writing pass, so a JPEG is decoded once.
+
+    In memory when the split is small (at most :data:`IN_MEMORY_CACHE`
+    bytes), else in a raw temporary file beside the output, reserved up front
+    and removed with the run's other temporaries. ``split`` None: nothing kept.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
 
-    def put(v) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(v, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+    def __init__(self, split: str | None, image_shape=(), dtype=np.uint8, path: str | None = None):
+        self.split = split
+        self.image_shape = tuple(image_shape)
+        self.dtype = np.dtype(dtype)
+        self.path = path
+        self._memory: list[np.ndarray] | None = [] if split is not None and path is None else None
+        self._file = open(path, "r+b") if path is not None else None  # r+: keep the reserved blocks
+        self.n = 0
+        self.labels: list = []
+        self.files: list[str] = []
 
-    def work():
-        it = iter(items)
-        try:
-            for item in it:
-                if stop.is_set() or not put((True, fn(item))):
-                    break
-            else:
-                put((True, done))
-        except BaseException as e:  # handed to the consumer
-            put((False, e))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+    @classmethod
+    def for_plan(cls, plan: WritePlan, outputs: OutputSet, beside) -> "PixelCache":
+        nbytes = plan.cache_bytes
+        if not nbytes:
+            return cls(None)
+        path = outputs.scratch(beside) if nbytes > IN_MEMORY_CACHE else None
+        return cls(plan.fit_split, plan.shapes[plan.fit_split], plan.source.dtype, path)
 
-    t = threading.Thread(target=work, name="imgnorm-ahead", daemon=True)
-    t.start()
-    try:
-        while True:
-            ok, v = q.get()
-            if not ok:
-                raise v
-            if v is done:
-                return
-            yield v
-    finally:
-        stop.set()
-        t.join()
+    def holds(self, name: str) -> bool:
+        return self.split is not None and name == self.split
 
+    def append(self, batch: Batch) -> None:
+        if self.split is None:
+            return
+        x = np.ascontiguousarray(batch.images)
+        if self._memory is not None:
+            self._memory.append(x)
+        else:
+            self._file.write(memoryview(x.reshape(-1).view(np.uint8)))
+        self.n += len(batch)
+        if batch.labels is not None:
+            self.labels.append(batch.labels)
+        if batch.files is not None:
+            self.files.extend(batch.files)
 
-def _output_bound(source: Source, names: list[str], shapes: dict, out_dtype: np.dtype) -> int:
-    """An upper bound of the HDF5 file's size: uncompressed data, labels, file
-    names, plus room for HDF5's indexes and the attributes."""
-    total = 4 << 20
-    for name in names:
-        split = source.splits[name]
-        total += len(split) * int(np.prod(shapes[name])) * out_dtype.itemsize
-        total += len(split) * 8 if split.labels is not None else 0
-        total += sum(len(f.encode()) + 64 for f in split.files) if split.files is not None else 0
-    return total + total // 50
+    def batches(self, batch_size: int):
+        if self.n == 0:
+            return
+        labels = np.concatenate(self.labels) if self.labels else None
+        if self._memory is not None:
+            a = 0
+            while self._memory:
+                x = self._memory.pop(0)  # let go of each batch once it is handed out
+                yield Batch(x, labels[a:a + len(x)] if labels is not None else None,
+                            self.files[a:a + len(x)] if self.files else None, a)
+                a += len(x)
+            return
+        self._file.flush()
+        self._file.seek(0)
+        # Plain reads, not a memory map: mapped pages would stay in the
+        # process's resident memory and grow with the dataset.
+        for a in range(0, self.n, batch_size):
+            b = min(a + batch_size, self.n)
+            x = np.empty((b - a,) + self.image_shape, self.dtype)
+            self._file.readinto(memoryview(x.reshape(-1).view(np.uint8)))
+            yield Batch(x, labels[a:b] if labels is not None else None, self.files[a:b] if self.files else None, a)
+
+    def close(self) -> None:
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> "PixelCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _as_array(batch: Batch, shape: tuple[int, ...]) -> np.ndarray:
@@ -694,21 +593,7 @@ def _as_array(batch: Batch, shape: tuple[int, ...]) -> np.ndarray:
         return imgs
     for i, a in enumerate(imgs):
         if a.shape != tuple(shape):
-            where = batch.files[i] if batch.files else f"image {batch.start + i}"
+            where = printable(batch.files[i]) if batch.files else f"image {batch.start + i}"
             raise SourceError(f"{where} has shape {a.shape[1]}x{a.shape[0]}x{a.shape[2]}, expected "
                               f"{shape[1]}x{shape[0]}x{shape[2]}; pass --size WxH to resize all images")
     return np.stack(imgs) if len(imgs) else np.empty((0,) + tuple(shape), np.uint8)
-
-
-def _check_float16(scaling, method, unit, per_image, max_value, source):
-    top = float(max_value or 0) if source.dtype.kind in "ui" else None
-    if top is None:
-        return
-    if scaling is not None:
-        bound = scaling.bound(0.0, top)
-    elif per_image and method == "center" and not unit:
-        bound = top
-    else:
-        return
-    if bound > float(np.finfo(np.float16).max):
-        raise OptionError(f"values up to {bound:g} overflow float16; use --dtype float32", option="--dtype")

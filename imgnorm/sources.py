@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import ImageError, OptionError, SourceError
+from .errors import ImageError, OptionError, SourceError, show_path
 from .npz import NpyMember, npz_members, read_labels
 
 COLORS = ("rgb", "gray", "keep")
@@ -110,6 +110,20 @@ class Source:
         self.skipped = skipped or []
         # (path, reason): what the layout rules leave out (hidden, not an image)
         self.ignored = ignored or []
+
+    @property
+    def name(self) -> str:
+        """The source as recorded in documents and outputs."""
+        return os.path.abspath(self.path)
+
+    def stored_name(self, path: str) -> str:
+        """How an image file of this source is recorded in ``/files``."""
+        return path
+
+    @property
+    def decodes(self) -> bool:
+        """Whether reading decodes image files (worth worker processes), or reads arrays."""
+        return self.kind in ("folder", "image")
 
     @property
     def max_value(self) -> int | None:
@@ -258,7 +272,7 @@ class _Walk:
     def unreadable(self, path: str, e: OSError, what: str) -> None:
         reason = f"cannot read {what} ({e.strerror or e})"
         if self.on_error != "skip":
-            raise SourceError(f"{display(path)}: {reason}; fix its permissions, or pass --on-error skip to "
+            raise SourceError(f"{show_path(path)}: {reason}; fix its permissions, or pass --on-error skip to "
                               "leave it out")
         self.skipped.append((path, reason))
 
@@ -304,10 +318,10 @@ class _Walk:
             return _Dir(entry.path, os.path.join(d.real, entry.name))
         real = os.path.realpath(entry.path)
         if _is_within(d.real, real):
-            self.skipped.append((entry.path, f"symlink to its own ancestor folder {display(real)}, not followed"))
+            self.skipped.append((entry.path, f"symlink to its own ancestor folder {show_path(real)}, not followed"))
             return None
         if real in chain:
-            self.skipped.append((entry.path, f"symlink loop back to {display(real)}, not followed"))
+            self.skipped.append((entry.path, f"symlink loop back to {show_path(real)}, not followed"))
             return None
         return _Dir(entry.path, real)
 
@@ -320,11 +334,6 @@ class _Walk:
         return out
 
 
-def display(path: str) -> str:
-    """A path for messages: bytes that are not UTF-8 shown as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _open_folder(path: str, color: str, size: tuple[int, int] | None, on_error: str = "fail") -> Source:
     walk = _Walk(on_error)
     root = walk.root(path)
@@ -335,7 +344,7 @@ def _open_folder(path: str, color: str, size: tuple[int, int] | None, on_error: 
         if name is None:
             continue
         if name in split_dirs:
-            raise SourceError(f"{display(path)}: both {os.path.basename(split_dirs[name].path)!r} and "
+            raise SourceError(f"{show_path(path)}: both {os.path.basename(split_dirs[name].path)!r} and "
                               f"{os.path.basename(d.path)!r} would be split {name!r}; rename or remove one")
         split_dirs[name] = d
     if split_dirs:
@@ -371,7 +380,7 @@ def _open_folder(path: str, color: str, size: tuple[int, int] | None, on_error: 
     n_images = sum(len(s) for s in splits.values())
     if n_images == 0:
         other = len(walk.ignored) + len(walk.skipped)
-        raise SourceError(f"{display(path)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
+        raise SourceError(f"{show_path(path)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
                           f"{'; ' + str(other) + ' other files skipped' if other else ''})")
     channels, dtype = _probe_pixels([f for s in splits.values() for f in s.files], color)
     for s in splits.values():
@@ -394,7 +403,7 @@ def _check_leakage(found: dict[str, list[tuple[str, os.stat_result]]]) -> None:
         paths = [f for files in found.values() for f, _ in files]
         a, b = order[clash[0]], order[clash[0] + 1]
         names = list(found)
-        raise SourceError(f"{display(paths[a])} (split {names[split[a]]}) and {display(paths[b])} (split "
+        raise SourceError(f"{show_path(paths[a])} (split {names[split[a]]}) and {show_path(paths[b])} (split "
                           f"{names[split[b]]}) are the same file: an image in two splits leaks between them. "
                           "Remove one")
 

@@ -361,32 +361,168 @@ def merge_documents(a: dict, b: dict) -> dict:
                           max_value=a["max_value"], splits=merged, fit_split=a["fit_split"])
 
 
+# A stats document is a few KB; one of hundreds of MB is not one (and would be read whole).
+MAX_DOCUMENT_BYTES = 64 << 20
+
+
 def read_stats_document(path: str | os.PathLike) -> dict:
-    """Read and check a stats document written by ``imgnorm stats -o``."""
+    """Read and check a stats document written by ``imgnorm stats -o`` (``-`` reads standard input)."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        if path == "-":
+            import sys
+            text = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                text = f.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
         raise StatsFileError(f"{path}: no such stats file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StatsFileError(f"{path}: not a JSON stats document ({e}); "
-                             "make one with `imgnorm stats SOURCE -o FILE`") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise StatsFileError(f"{path}: not an imgnorm stats document (no \"format\": \"{FORMAT}\"); "
+    except OSError as e:
+        raise StatsFileError(f"{path}: cannot read the stats document ({e.strerror or e})") from None
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise StatsFileError(f"{path}: over {MAX_DOCUMENT_BYTES >> 20} MB, too large for a stats document; "
                              "make one with `imgnorm stats SOURCE -o FILE`")
-    if doc.get("version") != VERSION:
-        raise StatsFileError(f"{path}: stats document version {doc.get('version')!r}; this imgnorm "
-                             f"reads version {VERSION}. Re-run `imgnorm stats`")
+    return parse_stats_document(text, path)
+
+
+def parse_stats_document(text: bytes | str, where: str) -> dict:
+    """Parse and check the JSON text of a stats document; errors name ``where``."""
     try:
-        if not isinstance(doc["splits"], dict) or not doc["splits"] or doc["fit_split"] not in doc["splits"]:
-            raise KeyError("fit_split")
-        for name in doc["splits"]:
-            s = RunningStats.from_dict(doc["splits"][name])
-            if s.channels != doc["channels"]:
-                raise ValueError(f"split {name} has {s.channels} channels, document says {doc['channels']}")
+        doc = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise StatsFileError(f"{where}: not a stats document (nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, an integer of thousands of digits
+        raise StatsFileError(f"{where}: not a JSON stats document ({_first_line(e)}); "
+                             "make one with `imgnorm stats SOURCE -o FILE`") from None
+    try:
+        return check_stats_document(doc)
     except StatsFileError as e:
-        raise StatsFileError(f"{path}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise StatsFileError(f"{path}: malformed stats document ({type(e).__name__}: {e})") from None
+        raise StatsFileError(f"{where}: {e}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def check_stats_document(doc) -> dict:
+    """Check a stats document's structure and every number in it; return it.
+
+    Raises
+    ------
+    StatsFileError
+        Naming the first field that is missing, of the wrong type, not
+        finite, or out of range (a negative or empty std, for example).
+    """
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise StatsFileError(f"not an imgnorm stats document (no \"format\": \"{FORMAT}\"); "
+                             "make one with `imgnorm stats SOURCE -o FILE`")
+    version = doc.get("version")
+    if type(version) is not int or version != VERSION:
+        raise StatsFileError(f"stats document version {version!r}; this imgnorm reads version {VERSION}. "
+                             "Re-run `imgnorm stats`")
+    channels = _field(doc, "channels", int, "")
+    if not 1 <= channels <= 4:
+        raise StatsFileError(f"channels is {channels}; expected 1 to 4")
+    max_value = doc.get("max_value")
+    if max_value is not None:
+        _number(max_value, "max_value", positive=True)
+    _field(doc, "color", str, "")
+    splits = _field(doc, "splits", dict, "")
+    if not splits:
+        raise StatsFileError("splits is empty")
+    fit = _field(doc, "fit_split", str, "")
+    if fit not in splits:
+        raise StatsFileError(f"fit_split {fit!r} is not one of the splits ({', '.join(map(str, splits))})")
+    for name, entry in splits.items():
+        where = f"splits.{name}"
+        if not isinstance(entry, dict):
+            raise StatsFileError(f"{where} is not an object")
+        if "sums" not in entry:  # constants: a preset or --mean/--std
+            _check_constants(entry, channels, where)
+        else:
+            _check_entry(entry, channels, where)
     return doc
+
+
+def _field(d: dict, key: str, kind: type, where: str):
+    name = f"{where}.{key}" if where else key
+    if key not in d:
+        raise StatsFileError(f"{name} is missing")
+    v = d[key]
+    if kind is int and (type(v) is not int):
+        raise StatsFileError(f"{name} is {_show(v)}; expected a whole number")
+    if kind is not int and not isinstance(v, kind):
+        raise StatsFileError(f"{name} is {_show(v)}; expected {'an object' if kind is dict else kind.__name__}")
+    return v
+
+
+def _show(v) -> str:
+    text = json.dumps(v) if not isinstance(v, float) else repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(v, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise StatsFileError(f"{name} is {_show(v)}; expected a finite number")
+    if positive and not v > 0 or nonneg and not v >= 0:
+        raise StatsFileError(f"{name} is {_show(v)}; expected a number {'> 0' if positive else '>= 0'}")
+    return v
+
+
+def _numbers(d: dict, key: str, channels: int, where: str, *, nullable: bool = False, **kw) -> list:
+    v = _field(d, key, list, where)
+    if len(v) != channels:
+        raise StatsFileError(f"{where}.{key} has {len(v)} value(s); the document has {channels} channel(s)")
+    for i, x in enumerate(v):
+        if not (nullable and x is None):
+            _number(x, f"{where}.{key}[{i}]", **kw)
+    return v
+
+
+def _check_constants(entry: dict, channels: int, where: str) -> None:
+    pc = _field(entry, "per_channel", dict, where)
+    _numbers(pc, "mean", channels, f"{where}.per_channel")
+    _numbers(pc, "std", channels, f"{where}.per_channel", positive=True)
+
+
+def _check_entry(entry: dict, channels: int, where: str) -> None:
+    images = _field(entry, "images", int, where)
+    pixels = _field(entry, "pixels", int, where)
+    if images < 0 or pixels < 0:
+        raise StatsFileError(f"{where}: images and pixels must be >= 0")
+    empty = pixels == 0
+    pc = _field(entry, "per_channel", dict, where)
+    for key in ("mean", "min", "max"):
+        _numbers(pc, key, channels, f"{where}.per_channel", nullable=empty)
+    for key in ("var", "std"):
+        _numbers(pc, key, channels, f"{where}.per_channel", nullable=empty, nonneg=True)
+    g = _field(entry, "global", dict, where)
+    for key in ("mean", "var", "std"):
+        if not (empty and (g.get(key) is None or isinstance(g.get(key), float) and math.isnan(g[key]))):
+            _number(g.get(key), f"{where}.global.{key}", nonneg=key != "mean")
+    sums = _field(entry, "sums", dict, where)
+    kind = _field(sums, "kind", str, f"{where}.sums")
+    dtype = _field(sums, "dtype", str, f"{where}.sums")
+    try:
+        exact = _exact_dtype(np.dtype(dtype))
+    except TypeError:
+        raise StatsFileError(f"{where}.sums.dtype {dtype!r} is not a numpy type") from None
+    if kind != ("exact" if exact else "chan"):
+        raise StatsFileError(f"{where}.sums: kind {kind!r} does not fit dtype {dtype}")
+    if exact:
+        s = _field(sums, "sum", list, f"{where}.sums")
+        q = _field(sums, "sum_sq", list, f"{where}.sums")
+        for key, v in (("sum", s), ("sum_sq", q)):
+            if len(v) != channels or any(type(x) is not int or x < 0 for x in v):
+                raise StatsFileError(f"{where}.sums.{key} must hold {channels} whole number(s) >= 0")
+        for c in range(channels):
+            if pixels * q[c] < s[c] * s[c]:
+                raise StatsFileError(f"{where}.sums: sum and sum_sq of channel {c} give a negative variance")
+    else:
+        for key in ("shift", "mean", "m2"):
+            _numbers(sums, key, channels, f"{where}.sums", nonneg=key == "m2")

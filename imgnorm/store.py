@@ -19,9 +19,7 @@ import numpy as np
 
 from .errors import OptionError, SourceError
 from .outputs import reserve
-
-COMPRESSIONS = ("none", "gzip", "lzf")
-LAYOUTS = ("nhwc", "nchw")
+from .transforms import COMPRESSIONS, LAYOUTS
 CHUNK_BYTES = 1 << 20  # HDF5's chunk cache default; chunks of about 1 MiB read and write well
 CHUNK_CACHE_BYTES = 2 << 20
 
@@ -45,7 +43,9 @@ class H5Writer:
         # evicted half-written is written twice.
         self._ds: dict[str, dict[str, h5py.Dataset]] = {}
         self._rows: dict[str, int] = {}
-        self.f = h5py.File(path, "w", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_w0=1.0, rdcc_nslots=10007)
+        # locking=False: the file is this run's own temporary, held under
+        # imgnorm's lock (outputs.py); HDF5's own lock on it would conflict.
+        self.f = h5py.File(path, "w", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_w0=1.0, rdcc_nslots=10007, locking=False)
         if reserve_bytes:
             try:
                 reserve(path, reserve_bytes)

@@ -55,8 +55,8 @@ def test_existing_output_is_not_clobbered(runner, mnist_npz, tmp_path):
     out = tmp_path / "s.json"
     out.write_text("precious")
     result = runner.invoke(cli, ["stats", str(mnist_npz[0]), "-o", str(out)])
-    assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {out} exists; pass --force to replace it"
+    assert result.exit_code == 2  # wrong usage: found before any work
+    assert result.output.strip() == f"Error: Invalid value for '-o': {out} exists; pass --force to replace it"
     assert out.read_text() == "precious"
     assert runner.invoke(cli, ["stats", str(mnist_npz[0]), "-o", str(out), "--force"]).exit_code == 0
     assert json.loads(out.read_text())["format"] == "imgnorm.stats"

@@ -70,8 +70,9 @@ def test_bad_options(runner, mnist_npz, tmp_path, args, code, text):
 
 def test_missing_output_folder(runner, mnist_npz, tmp_path):
     r = runner.invoke(cli, ["normalize", str(mnist_npz[0]), "-o", str(tmp_path / "no" / "o.h5")])
-    assert r.exit_code == 1
-    assert r.output == f"Error: {tmp_path / 'no' / 'o.h5'}: folder {tmp_path / 'no'} does not exist; create it first\n"
+    assert r.exit_code == 2  # wrong usage, found before any work
+    assert r.output == (f"Error: Invalid value for '-o': {tmp_path / 'no' / 'o.h5'}: folder {tmp_path / 'no'} does "
+                        "not exist; create it first\n")
 
 
 def test_mixed_sizes_without_size(runner, photo_folder, tmp_path):

@@ -63,7 +63,7 @@ def test_write_failing_half_way_leaves_nothing(big_npz, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     # the space is reserved up front, so this fails before any pixel is written
-    assert err.startswith(f"Error: {out}: cannot write (over the file size limit: the output needs up to ")
+    assert err.startswith(f"Error: {out}: cannot write (over the file size limit: the run needs up to ")
     assert err.count("\n") == 1, err
     assert not out.exists() and leftovers(tmp_path) == []
 

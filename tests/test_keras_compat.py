@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from imgnorm.pipeline import transform_to_hdf5
+from imgnorm.transforms import Scaler
 from imgnorm.sources import open_source
 
 from conftest import write_jpeg
@@ -39,8 +40,8 @@ def test_standardize_matches_image_data_generator(tmp_path, rng, channels):
     x = rng.integers(0, 256, (60, 6, 5, channels), dtype=np.uint8)
     t = rng.integers(0, 256, (20, 6, 5, channels), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x, x_test=t)
-    result = transform_to_hdf5(open_source(tmp_path / "d.npz"), str(tmp_path / "o.h5"), "standardize",
-                               per_channel=True, epsilon=1e-6)
+    result = transform_to_hdf5(open_source(tmp_path / "d.npz"), str(tmp_path / "o.h5"),
+                               Scaler("standardize", per_channel=True, epsilon=1e-6))
     gen = keras_image.ImageDataGenerator(featurewise_center=True, featurewise_std_normalization=True)
     gen.fit(x.astype(np.float32))
     import h5py

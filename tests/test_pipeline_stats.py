@@ -48,7 +48,7 @@ def test_progress_bars_only_on_a_terminal_and_not_quiet(monkeypatch):
     import io
     import sys
 
-    from imgnorm.pipeline import _NoBar, progress
+    from imgnorm.workers import _NoBar, progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -65,7 +65,7 @@ def test_progress_bars_only_on_a_terminal_and_not_quiet(monkeypatch):
 
 
 def test_ahead_keeps_order_raises_errors_and_stops_early():
-    from imgnorm.pipeline import ahead
+    from imgnorm.workers import ahead
     assert list(ahead(iter(range(50)), lambda v: v * 2)) == [v * 2 for v in range(50)]
 
     def boom(v):
@@ -87,29 +87,27 @@ def test_ahead_keeps_order_raises_errors_and_stops_early():
     assert closed == [True]  # the producer's generator was closed, not left running
 
 
-def _die(args):
+def _die(source, task):
     import os
     os._exit(3)  # as the kernel's out-of-memory killer would end a worker
 
 
 def test_a_dead_worker_is_a_clean_error_not_a_hang(photo_folder):
     from imgnorm.errors import ImgnormError
-    from imgnorm.pipeline import WorkerPool
-    pool = WorkerPool(open_source(photo_folder).splits, 2)
-    try:
+    from imgnorm.workers import LocalExecutor
+    with LocalExecutor(open_source(photo_folder), 2) as ex:
+        assert ex.parallel
         with pytest.raises(ImgnormError, match="a decoding worker process died"):
-            list(pool.imap(_die, [1, 2, 3]))
-    finally:
-        pool.kill()
+            list(ex.map(_die, [1, 2, 3]))
 
 
 def test_one_worker_pool_serves_every_split(photo_folder, monkeypatch):
-    import imgnorm.pipeline as pipeline
+    import imgnorm.workers as workers
     pools = []
-    real = pipeline.WorkerPool.__init__
-    monkeypatch.setattr(pipeline.WorkerPool, "__init__", lambda self, *a, **k: pools.append(a) or real(self, *a, **k))
+    real = workers._Pool.__init__
+    monkeypatch.setattr(workers._Pool, "__init__", lambda self, *a, **k: pools.append(a) or real(self, *a, **k))
     src = open_source(photo_folder)
     assert len(src.splits) == 2
     doc = compute_stats(src, workers=2)
-    assert len(pools) == 1 and sorted(pools[0][0]) == sorted(src.splits)
+    assert len(pools) == 1 and pools[0][0] is src
     assert doc == compute_stats(src, workers=1)

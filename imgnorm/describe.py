@@ -1,0 +1,154 @@
+"""``imgnorm inspect``: the facts about an HDF5 output, a stats document or a
+source, gathered by streaming (the values stored in an HDF5 file) or from
+headers (a source: no pixel is decoded). :mod:`imgnorm.report` turns them
+into text and pictures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+
+from .errors import ImageError, OptionError, SourceError, printable
+from .outputs import OutputSet
+from .stats import RunningStats
+
+HDF5_EXTENSIONS = (".h5", ".hdf5")
+PLOT_BINS = 120
+
+
+def inspect_path(path: str, *, color: str | None = None, plot: str | None = None, force: bool = False,
+                 show_progress: bool = False) -> tuple[str, dict]:
+    """Describe ``path``: an imgnorm HDF5 file, a stats document or a source.
+
+    Returns the text for a person and the same facts as a JSON-able dict;
+    with ``plot``, also draws histograms of an HDF5 file's stored values there.
+    """
+    from . import report
+
+    lower = path.lower()
+    kind = "hdf5" if lower.endswith(HDF5_EXTENSIONS) else "stats" if lower.endswith(".json") else "source"
+    if plot and kind != "hdf5":
+        raise OptionError("--plot draws the values stored in an HDF5 file; give an .h5 file", option="--plot")
+    with OutputSet(force) as outputs:
+        plot_out = outputs.add(plot, "--plot", what="the plot") if plot else None
+        outputs.check_inputs({"PATH": path})
+        if kind == "hdf5":
+            facts = describe_h5(path, show_progress=show_progress)
+            text = report.format_h5(facts)
+            if plot_out is not None:
+                hist = stored_histograms(path, facts, show_progress=show_progress)
+                outputs.set_content(plot_out, report.draw_histograms(facts, hist))
+                outputs.commit()
+                text += f"\n\nhistograms: {plot}"
+            return text, facts
+        if kind == "stats":
+            from .stats import read_stats_document
+            doc = read_stats_document(path)
+            return report.format_stats(doc), doc
+    if not os.path.exists(path):
+        raise SourceError(f"{printable(path)}: no such file or folder")
+    facts = describe_source(path, color=color)
+    return report.format_source(facts), facts
+
+
+def describe_h5(path: str, *, show_progress: bool = False) -> dict:
+    """What :func:`imgnorm.store.read_h5_info` says, plus the statistics of the
+    stored values per split (``check``), recomputed by streaming."""
+    from .store import iter_stored, read_h5_info
+    from .workers import progress
+
+    info = read_h5_info(path)
+    layout = info["attrs"].get("options", {}).get("layout", "nhwc")
+    checks = {}
+    for name, s in info["splits"].items():
+        channels = s["shape"][1] if layout == "nchw" else s["shape"][-1]
+        rs = RunningStats(channels, np.float64)
+        with progress(s["shape"][0], f"check {name}", show_progress) as bar:
+            for block in iter_stored(path, name):
+                block = block.transpose(0, 2, 3, 1) if layout == "nchw" else block
+                rs.update(np.ascontiguousarray(block, dtype=np.float64))
+                bar.update(len(block))
+        checks[name] = rs.to_dict()
+        checks[name].pop("sums")
+        checks[name].pop("shape")
+    info["check"] = checks
+    return info
+
+
+def stored_histograms(path: str, facts: dict, *, bins: int = PLOT_BINS, show_progress: bool = False) -> dict:
+    """Per split: ``(edges, counts)``, counts of shape (channels, bins) over the split's stored range."""
+    from .store import iter_stored
+    from .workers import progress
+
+    layout = facts["attrs"].get("options", {}).get("layout", "nhwc")
+    out = {}
+    for name, c in facts["check"].items():
+        lo, hi = c["global"]["min"], c["global"]["max"]
+        if lo is None:
+            continue
+        hi = hi if hi > lo else lo + 1
+        ch = len(c["per_channel"]["mean"])
+        counts = np.zeros((ch, bins), np.int64)
+        with progress(facts["splits"][name]["shape"][0], f"histogram {name}", show_progress) as bar:
+            for block in iter_stored(path, name):
+                block = block.transpose(0, 2, 3, 1) if layout == "nchw" else block
+                flat = block.reshape(-1, ch)
+                for k in range(ch):
+                    counts[k] += np.histogram(flat[:, k], bins=bins, range=(lo, hi))[0]
+                bar.update(len(block))
+        out[name] = (np.linspace(lo, hi, bins + 1), counts)
+    return out
+
+
+# How many entries of each kind a description lists by name before it only counts.
+LIST_FIRST = 10
+
+
+def describe_source(path: str, *, color: str | None = None) -> dict:
+    """Images per split and class, sizes and modes from the headers, and what
+    was left out (each entry, or the first ones and a count)."""
+    from .sources import open_source
+
+    src = open_source(path, color=color, on_error="skip")
+    doc = {"path": path, "kind": src.kind, "color": src.color, "channels": src.channels,
+           "dtype": str(src.dtype), "max_value": src.max_value, "class_names": src.class_names,
+           "images": sum(len(s) for s in src.splits.values()), "splits": {},
+           "skipped": _listed(src.skipped), "ignored": _listed(src.ignored),
+           "skipped_files": len(src.skipped) + len(src.ignored)}
+    for name, split in src.splits.items():
+        entry = {"images": len(split)}
+        if split.labels is not None and src.class_names:
+            counts = Counter(int(v) for v in split.labels)
+            entry["per_class"] = {c: counts.get(k, 0) for k, c in enumerate(src.class_names)}
+        if split.files is not None:
+            entry.update(_header_facts(split.files))
+        else:
+            entry["shape"] = list(split.shape)
+            entry["labelled"] = split.labels is not None
+        doc["splits"][name] = entry
+    return doc
+
+
+def _listed(items: list[tuple[str, str]]) -> dict:
+    return {"count": len(items),
+            "first": [{"file": printable(f), "reason": printable(r)} for f, r in items[:LIST_FIRST]]}
+
+
+def _header_facts(files: list[str]) -> dict:
+    from .decode import probe
+
+    sizes, modes, unreadable = Counter(), Counter(), []
+    for f in files:
+        try:
+            i = probe(f)
+        except ImageError as e:
+            unreadable.append({"file": printable(f), "reason": printable(e.reason)})
+            continue
+        sizes[(i.width, i.height)] += 1
+        modes[i.mode] += 1
+    by_area = sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh))
+    return {"distinct_sizes": len(sizes), "smallest": list(by_area[0]) if by_area else None,
+            "largest": list(by_area[-1]) if by_area else None, "modes": dict(modes), "unreadable": unreadable}
