@@ -48,13 +48,16 @@ def translate_errors(fn):
             if debug:
                 raise
             text = printable(str(e))
+            if e.option and text.startswith(e.option + " "):  # "Invalid value for '--epsilon': must be ..."
+                text = text[len(e.option) + 1:]
             raise UsageProblem(f"Invalid value for '{e.option}': {text}" if e.option else text) from None
         except ImgnormError as e:
             if debug:
                 raise
             raise click.ClickException(printable(str(e))) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit,
+                BrokenPipeError):
+            raise  # a closed pipe: the reader's choice, the process ends quietly
         except Exception as e:
             if debug:
                 raise
@@ -186,13 +189,13 @@ def stats(source, color, size, split, workers, batch_size, on_error, quiet, as_j
     src = open_source(source, color=color, size=size, on_error=on_error)
     doc = compute_stats(src, split=split, batch_size=batch_size, workers=workers, on_error=on_error,
                         show_progress=not quiet, output=output, force=force)
-    _report_skipped(doc)
-    emit(json.dumps(doc, indent=2) if as_json else format_stats(doc), committed=bool(output))
+    _report_skipped(src, doc)
+    emit(json.dumps(doc, indent=2) if as_json else format_stats(doc), committed=output is not None)
 
 
-def _report_skipped(doc: dict):
+def _report_skipped(src, doc: dict):
     for s in doc.get("skipped", []):
-        emit(f"skipped {s['file']}: {s['reason']}", err=True)
+        emit(f"skipped {src.reached_name(s['file'])}: {s['reason']}", err=True)
 
 
 def write_options(fn):
@@ -243,7 +246,7 @@ def _run_transform(method, source, opts, **method_opts):
                                **opts)
     for w in result["warnings"]:
         emit(f"warning: {w}", err=True)
-    _report_skipped(result["stats"])
+    _report_skipped(src, result["stats"])
     rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
     if not quiet:
         emit(f"wrote {result['output']}: {rows} images ({method})", err=True)
@@ -326,4 +329,4 @@ def inspect(path, as_json, plot, color, force, quiet):
     from .describe import inspect_path
 
     text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
-    emit(json.dumps(doc, indent=2) if as_json else text, committed=bool(plot))
+    emit(json.dumps(doc, indent=2) if as_json else text, committed=plot is not None)

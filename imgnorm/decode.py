@@ -38,10 +38,17 @@ class ImageInfo(NamedTuple):
 
 def parse_size(text: str) -> tuple[int, int]:
     """Parse ``"WxH"`` (for example ``"224x224"``) into ``(width, height)``."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    m = re.fullmatch(r"\s*(\d{1,9})\s*[xX×]\s*(\d{1,9})\s*", text)
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise OptionError(f"size {text!r} is not WIDTHxHEIGHT, for example 224x224", option="--size")
-    return int(m.group(1)), int(m.group(2))
+    w, h = int(m.group(1)), int(m.group(2))
+    # The same bound as a decoded image's: a target above it would allocate
+    # gigabytes per image before anything else could fail.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and w * h > limit:
+        raise OptionError(f"size {w}x{h} is {w * h:,} pixels, more than Pillow's decompression-bomb limit of "
+                          f"{limit:,}; choose a smaller size", option="--size")
+    return w, h
 
 
 def _open(path: str) -> Image.Image:

@@ -30,11 +30,10 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
 
     lower = path.lower()
     kind = "hdf5" if lower.endswith(HDF5_EXTENSIONS) else "stats" if lower.endswith(".json") else "source"
-    if plot and kind != "hdf5":
+    if plot is not None and kind != "hdf5":
         raise OptionError("--plot draws the values stored in an HDF5 file; give an .h5 file", option="--plot")
-    with OutputSet(force) as outputs:
-        plot_out = outputs.add(plot, "--plot", what="the plot") if plot else None
-        outputs.check_inputs({"PATH": path})
+    with OutputSet(force, inputs={"PATH": path}) as outputs:
+        plot_out = outputs.add(plot, "--plot", what="the plot") if plot is not None else None
         if kind == "hdf5":
             facts = describe_h5(path, show_progress=show_progress)
             text = report.format_h5(facts)

@@ -67,8 +67,9 @@ class OutputSet:
     :meth:`commit` inside the block to put every output in place.
     """
 
-    def __init__(self, force: bool = False):
+    def __init__(self, force: bool = False, inputs: dict[str, str | None] | None = None):
         self.force = force
+        self.inputs = {what: _identity_of(path) for what, path in (inputs or {}).items()}
         self.outputs: list[Output] = []
         self._scratch: list[tuple[str, int]] = []  # (path, fd) of temporaries that never become outputs
         self.committed = False
@@ -84,6 +85,14 @@ class OutputSet:
         when the path cannot or must not be written; nothing is left behind.
         """
         path = os.fspath(path)
+        try:
+            here = os.stat(path)
+        except OSError:
+            here = None
+        for source, identity in self.inputs.items():
+            if here is not None and identity == (here.st_dev, here.st_ino):
+                raise OptionError(f"{show_path(path)} is the run's own input ({source}); write to another file",
+                                  option=option)
         out = self._resolve(path, option, seekable, what or "this output")
         for other in self.outputs:
             if other._identity == out._identity:
@@ -157,20 +166,6 @@ class OutputSet:
         self._scratch.append((tmp, fd))
         return tmp
 
-    def check_inputs(self, inputs: dict[str, str | None]) -> None:
-        """Refuse an output that names one of the run's own inputs (``{what: path}``)."""
-        for what, path in inputs.items():
-            if not path or path == "-":
-                continue
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            for out in self.outputs:
-                if out._identity == (st.st_dev, st.st_ino):
-                    raise OptionError(f"{show_path(out.path)} is the run's own input ({what}); write to another "
-                                      "file", option=out.option)
-
     def reserve(self, sizes: dict[str, int]) -> None:
         """Allocate disk space for temporary files (path -> bytes) before the work.
 
@@ -192,11 +187,17 @@ class OutputSet:
             free = shutil.disk_usage(os.path.dirname(first)).free
             if e.errno in (errno.ENOSPC, errno.EFBIG):
                 why = "not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit"
-                parts = ", ".join(f"{_human(n)} for {show_path(_target_name(p))}" for p, n in sizes.items())
+                parts = ", ".join(f"{_human(n)} for {self._label(p)}" for p, n in sizes.items())
                 raise OutputError(f"{show_path(self.outputs[0].path)}: cannot write ({why}: the run needs up to "
                                   f"{_human(sum(sizes.values()))} ({parts}), {_human(free)} free); nothing was "
                                   "written") from None
             raise OutputError(f"{show_path(first)}: cannot reserve disk space ({e.strerror or e})") from None
+
+    def _label(self, tmp: str) -> str:
+        for out in self.outputs:
+            if out.tmp == tmp:
+                return show_path(out.path)
+        return "decoded pixels kept between the two passes"
 
     # ------------------------------------------------------------ finishing
 
@@ -310,11 +311,14 @@ class OutputSet:
         self.close()
 
 
-def _target_name(tmp: str) -> str:
-    """The target a temporary file was made for (for messages)."""
-    folder, name = os.path.split(tmp)
-    m = _TMP_NAME.match(name)
-    return os.path.join(folder, m.group(1)) if m else tmp
+def _identity_of(path: str | None) -> tuple | None:
+    if not path or path == "-":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 _TMP_NAME = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{8}(\.cache|\.old)?" + re.escape(TMP_SUFFIX) + "$", re.S)

@@ -137,9 +137,8 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
         pixel counts and global and per-channel count, mean, var, std, min, max.
     """
     names = [source.split(split).name] if split else list(source.splits)
-    with OutputSet(force) as outputs:
-        out = outputs.add(output, "-o", what="the stats document") if output else None
-        outputs.check_inputs({"SOURCE": source.path})
+    with OutputSet(force, inputs={"SOURCE": source.path}) as outputs:
+        out = outputs.add(output, "-o", what="the stats document") if output is not None else None
         with executor or _executor(source, names, workers, batch_size) as ex:
             rows = {n: batch_rows(source.splits[n], batch_size) for n in names}
             tasks = shards(source, names, rows, parallel=ex.parallel)
@@ -152,7 +151,7 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
         fit = source.fit_split if source.fit_split in results else names[0]
         doc = stats_document(source=source.name, color=source.color, channels=source.channels,
                              max_value=source.max_value, splits=results, fit_split=fit,
-                             skipped=list(source.skipped) + [s for n in names for s in skipped[n]])
+                             skipped=_stored(source, list(source.skipped) + [s for n in names for s in skipped[n]]))
         if out is not None:
             outputs.set_content(out, document_bytes(doc))
             outputs.commit()
@@ -174,6 +173,11 @@ def _stats_pass(source: Source, tasks: list[Shard], ex, on_error: str, show_prog
             skipped[task.split].extend(skip)
             bar.update(task.stop - task.start)
     return results, skipped
+
+
+def _stored(source: Source, skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Skipped entries as documents record them: names relative to the source, like ``/files``."""
+    return [(source.stored_name(f), r) for f, r in skipped]
 
 
 def document_bytes(doc: dict) -> bytes:
@@ -344,10 +348,9 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         read; ``applied``, the document applied; ``warnings``; ``skipped`` images.
     """
     scaler = scaler if isinstance(scaler, Scaler) else Scaler(scaler)
-    with OutputSet(force) as outputs:
+    with OutputSet(force, inputs={"SOURCE": source.path, **(inputs or {})}) as outputs:
         out = outputs.add(output, "-o", seekable=True, what="HDF5 output")
-        doc_out = outputs.add(stats_out, "--stats-out", what="the stats document") if stats_out else None
-        outputs.check_inputs({"SOURCE": source.path, **(inputs or {})})
+        doc_out = outputs.add(stats_out, "--stats-out", what="the stats document") if stats_out is not None else None
         plan = plan_write(source, scaler, splits=splits, fit_split=fit_split, dtype=dtype, layout=layout,
                           compression=compression, batch_size=batch_size, on_error=on_error)
         read = list(dict.fromkeys(plan.names + ([plan.fit_split] if plan.fit else [])))
@@ -431,8 +434,9 @@ def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: 
                  state: _WriteState, show_progress: bool) -> None:
     """Scale and write one split, computing its statistics on the way if it was not fitted on."""
     source, split, shape = plan.source, plan.source.splits[name], plan.shapes[name]
+    stored = source.stored_name
     writer.create_split(name, len(split), shape, labels_dtype=split.labels.dtype if split.labels is not None
-                        else None, with_files=split.files is not None)
+                        else None, files=[stored(f) for f in split.files] if split.files is not None else None)
     fresh = name not in state.results
     rs = RunningStats(source.channels, source.dtype) if fresh else state.results[name]
     per_batch = plan.rows(name)
@@ -454,7 +458,7 @@ def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: 
                 rs.merge(part)
                 state.skipped.extend(batch.skipped)
             state.n_flat += flat
-            writer.write(name, y, batch.labels, batch.files)
+            writer.write(name, y, batch.labels, [stored(f) for f in batch.files] if batch.files else None)
             bar.update(len(batch) + len(batch.skipped))
     state.rows[name] = writer.finish_split(name)
     state.results[name] = rs
@@ -481,11 +485,11 @@ def _finish(plan: WritePlan, scaler: Scaler, writer, state: _WriteState) -> dict
     doc = stats_document(source=source.name, color=source.color, channels=source.channels,
                          max_value=plan.max_value, splits={n: results[n] for n in source.splits if n in results},
                          fit_split=plan.fit_split if plan.fit_split in results else plan.names[0],
-                         skipped=state.skipped)
+                         skipped=_stored(source, state.skipped))
     writer.set_attrs(stats=json.dumps(applied or doc), class_names=source.class_names, method=scaler.method,
                      options=_options_attr(plan, scaler, scaling), source=printable(source.name),
                      imgnorm_version=__version__,
-                     skipped=[{"file": f, "reason": r} for f, r in state.skipped] if state.skipped else None)
+                     skipped=[{"file": f, "reason": r} for f, r in _stored(source, state.skipped)] or None)
     return {"rows": state.rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
             "skipped": state.skipped}
 

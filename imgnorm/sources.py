@@ -113,12 +113,20 @@ class Source:
 
     @property
     def name(self) -> str:
-        """The source as recorded in documents and outputs."""
-        return os.path.abspath(self.path)
+        """The source as given (normalized, not made absolute), as documents and
+        outputs record it: the same run gives the same bytes on any machine."""
+        return os.path.normpath(self.path)
 
     def stored_name(self, path: str) -> str:
-        """How an image file of this source is recorded in ``/files``."""
-        return path
+        """An image file of this source as ``/files`` records it: relative to the
+        source folder (join it with :attr:`name`), or the file's own name."""
+        if self.kind == "folder":
+            return os.path.relpath(path, self.path)
+        return os.path.basename(path)
+
+    def reached_name(self, stored: str) -> str:
+        """The path of a file recorded by :meth:`stored_name`, as the source was given."""
+        return os.path.join(self.path, stored) if self.kind == "folder" else self.path
 
     @property
     def decodes(self) -> bool:

@@ -392,7 +392,8 @@ def parse_stats_document(text: bytes | str, where: str) -> dict:
     except RecursionError:
         raise StatsFileError(f"{where}: not a stats document (nested too deeply)") from None
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, an integer of thousands of digits
-        raise StatsFileError(f"{where}: not a JSON stats document ({_first_line(e)}); "
+        why = "a number of thousands of digits" if "digits" in str(e) else _first_line(e)
+        raise StatsFileError(f"{where}: not a JSON stats document ({why}); "
                              "make one with `imgnorm stats SOURCE -o FILE`") from None
     try:
         return check_stats_document(doc)

@@ -5,7 +5,7 @@
 
     /<split>/x      (N, H, W, C) or (N, C, H, W) scaled images, chunked along N
     /<split>/y      (N,) integer labels, where known
-    /<split>/files  (N,) source file of each row, for folder sources
+    /<split>/files  (N,) file of each row, relative to the source (fixed-length bytes)
     root attributes: stats, class_names, method, options, source, imgnorm_version, skipped
 """
 
@@ -17,9 +17,9 @@ import os
 import h5py
 import numpy as np
 
-from .errors import OptionError, SourceError
+from .errors import OptionError, SourceError, StatsFileError, show_path
 from .outputs import reserve
-from .transforms import COMPRESSIONS, LAYOUTS
+from .transforms import COMPRESSIONS, LAYOUTS, METHODS
 CHUNK_BYTES = 1 << 20  # HDF5's chunk cache default; chunks of about 1 MiB read and write well
 CHUNK_CACHE_BYTES = 2 << 20
 
@@ -64,8 +64,12 @@ class H5Writer:
         return {}
 
     def create_split(self, name: str, n: int, image_shape: tuple[int, int, int], *,
-                     labels_dtype=None, with_files: bool = False) -> None:
-        """Make ``/<name>/x`` for ``n`` images of shape (height, width, channels)."""
+                     labels_dtype=None, files: list[str] | None = None) -> None:
+        """Make ``/<name>/x`` for ``n`` images of shape (height, width, channels).
+
+        ``files``: the names ``/<name>/files`` may hold (each row's is given to
+        :meth:`write`), which size its fixed-length strings.
+        """
         h, w, c = image_shape
         row = (h, w, c) if self.layout == "nhwc" else (c, h, w)
         chunk_n = chunk_rows(n, image_shape, self.dtype)
@@ -75,9 +79,8 @@ class H5Writer:
         if labels_dtype is not None:
             ds["y"] = g.create_dataset("y", shape=(n,), maxshape=(None,), dtype=labels_dtype,
                                        chunks=(max(1, min(n, 65536)),))
-        if with_files:
-            ds["files"] = g.create_dataset("files", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype(),
-                                           chunks=(max(1, min(n, 4096)),))
+        if files is not None:
+            ds["files"] = _files_dataset(g, n, files)
         self._ds[name] = ds
         self._rows[name] = 0
 
@@ -107,7 +110,7 @@ class H5Writer:
         if labels is not None and "y" in ds:
             ds["y"][a:b] = labels
         if files is not None and "files" in ds:
-            ds["files"][a:b] = files
+            ds["files"][a:b] = np.array([os.fsencode(f) for f in files], dtype=ds["files"].dtype)
         self._rows[name] = b
 
     @staticmethod
@@ -153,6 +156,31 @@ class H5Writer:
             self.abort()
 
 
+def _files_dataset(g, n: int, names: list[str]):
+    """``/<split>/files``: each row's file name, relative to the source, as
+    fixed-length strings of the file system's own bytes.
+
+    Fixed-length strings are read by every HDF5 reader (h5dump, PyTables,
+    MATLAB), unlike h5py's variable-length ones; raw bytes keep any name,
+    UTF-8 or not, exactly (``os.fsdecode`` gives the name back). The strings
+    are marked UTF-8 when every name is, else ASCII (HDF5's only other
+    character set) and the attribute ``encoding`` says ``bytes``.
+    """
+    raw = [os.fsencode(f) for f in names]
+    length = max([len(b) for b in raw] + [1])
+    try:
+        for b in raw:
+            b.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        encoding = "bytes"
+    dtype = h5py.string_dtype("utf-8" if encoding == "utf-8" else "ascii", length)
+    d = g.create_dataset("files", shape=(n,), maxshape=(None,), dtype=dtype,
+                         chunks=(max(1, min(n, max(1, (1 << 20) // length))),))
+    d.attrs["encoding"] = encoding
+    return d
+
+
 def trim_to_eoa(path: str) -> None:
     """Cut the file back to HDF5's end-of-file address, dropping unused reserved space.
 
@@ -174,50 +202,169 @@ def trim_to_eoa(path: str) -> None:
             f.truncate(eoa)
 
 
+# imgnorm's own attributes are a few KB; one of megabytes was not written by it.
+MAX_ATTR_BYTES = 16 << 20
+# Memory the attribute reader may take beyond what the process had: HDF5
+# converts a variable-length string through buffers of several times its size.
+ATTR_READER_MEMORY = 512 << 20
+
+
 def read_h5_info(path: str | os.PathLike) -> dict:
-    """Splits, shapes, dtypes, chunking, compression, labels and attributes of an imgnorm HDF5 file."""
+    """Splits, shapes, dtypes, chunking, compression, labels and attributes of an imgnorm HDF5 file.
+
+    Every attribute imgnorm reads is checked (type, JSON, every number of
+    the stats document); a malformed one is a :class:`SourceError` naming it.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise SourceError(f"{path}: no such file")
+        raise SourceError(f"{show_path(path)}: no such file")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)
     except OSError as e:
-        raise SourceError(f"{path}: not a readable HDF5 file ({str(e).split(' (')[0]})") from None
+        raise SourceError(f"{show_path(path)}: not a readable HDF5 file ({str(e).split(' (')[0]})") from None
     with f:
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
-        splits = {}
-        for name, g in f.items():
-            if not isinstance(g, h5py.Group) or "x" not in g:
-                continue
-            x = g["x"]
-            s = {"shape": list(x.shape), "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
-                 "compression": x.compression or "none"}
-            if "y" in g:
-                y = g["y"][...]
-                s["labels"] = {"dtype": str(y.dtype), "counts": {int(k): int(v) for k, v in
-                                                                  zip(*np.unique(y, return_counts=True))}}
-            if "files" in g:
-                s["files"] = int(g["files"].shape[0])
-            splits[name] = s
-    if "imgnorm_version" not in attrs:
-        raise SourceError(f"{path}: not written by imgnorm (no imgnorm_version attribute)")
+        if "imgnorm_version" not in f.attrs:
+            raise SourceError(f"{show_path(path)}: not written by imgnorm (no imgnorm_version attribute)")
+        raw = read_attributes(path)
+        attrs = {k: _checked_attr(path, k, v) for k, v in raw.items()}
+        layout = (attrs.get("options") or {}).get("layout", "nhwc")
+        splits = {name: _split_info(path, name, g, layout) for name, g in f.items()
+                  if isinstance(g, h5py.Group) and "x" in g}
     return {"path": path, "attrs": attrs, "splits": splits}
 
 
-def _attr(v):
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str):
+def read_attributes(path: str) -> dict:
+    """The root attributes of an HDF5 file (text decoded), read with bounded memory.
+
+    HDF5 reads a variable-length string attribute whole (through buffers of
+    several times its size) and its length is not known before, so the
+    attributes are read in a forked child whose address space is capped:
+    a huge one fails there, naming itself, and this process never grows.
+    """
+    import pickle
+    import resource
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the reader
+        code = 0
         try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v.tolist() if hasattr(v, "tolist") else v
+            os.close(r)
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            cap = _vm_size() + ATTR_READER_MEMORY
+            resource.setrlimit(resource.RLIMIT_AS, (cap if hard < 0 else min(cap, hard), hard))
+            out = _read_attributes_here(path)
+            with os.fdopen(w, "wb") as pipe:
+                pickle.dump(out, pipe)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    try:
+        result = pickle.loads(data)
+    except Exception:
+        raise SourceError(f"{show_path(path)}: its attributes could not be read within "
+                          f"{ATTR_READER_MEMORY >> 20} MB; one is too large for imgnorm's metadata") from None
+    if isinstance(result, tuple):
+        raise SourceError(f"{show_path(path)}: attribute {result[0]!r} {result[1]}")
+    return result
+
+
+def _read_attributes_here(path: str):
+    out = {}
+    with h5py.File(path, "r", locking=False) as f:
+        for name in f.attrs:
+            try:
+                v = f.attrs[name]
+            except (MemoryError, OSError, ValueError, TypeError) as e:
+                why = "is too large to read" if isinstance(e, MemoryError) or "alloc" in str(e) else \
+                    f"cannot be read ({str(e).splitlines()[0][:100]})"
+                return (name, why)
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            if isinstance(v, str) and len(v) > MAX_ATTR_BYTES:
+                return (name, f"holds {len(v):,} characters, too many for imgnorm's metadata")
+            if hasattr(v, "nbytes") and v.nbytes > MAX_ATTR_BYTES:
+                return (name, f"holds {v.nbytes:,} bytes, too many for imgnorm's metadata")
+            out[name] = v.tolist() if hasattr(v, "tolist") else v
+    return out
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+_JSON_ATTRS = {"options": dict, "class_names": list, "skipped": list, "stats": dict}
+
+
+def _checked_attr(path: str, name: str, v):
+    """An attribute imgnorm reads, parsed and checked; others are returned as they are."""
+    from .stats import check_stats_document
+
+    def bad(what: str) -> SourceError:
+        return SourceError(f"{show_path(path)}: attribute {name!r} {what}; the file was changed after imgnorm "
+                           "wrote it, or was not written by imgnorm")
+
+    if name in ("imgnorm_version", "source", "method"):
+        if not isinstance(v, str):
+            raise bad("is not text")
+        if name == "method" and v not in METHODS:
+            raise bad(f"is {v[:40]!r}, not one of {', '.join(METHODS)}")
+        return v
+    if name not in _JSON_ATTRS:
+        return v
+    if not isinstance(v, str):
+        raise bad("is not JSON text")
+    try:
+        parsed = json.loads(v)
+    except (ValueError, RecursionError):
+        raise bad("is not valid JSON") from None
+    if not isinstance(parsed, _JSON_ATTRS[name]):
+        raise bad(f"is not a JSON {'object' if _JSON_ATTRS[name] is dict else 'list'}")
+    if name == "class_names" and not all(isinstance(c, str) for c in parsed):
+        raise bad("holds names that are not text")
+    if name == "options" and parsed.get("layout", "nhwc") not in LAYOUTS:
+        raise bad(f"has layout {parsed.get('layout')!r}, not one of {', '.join(LAYOUTS)}")
+    if name == "stats":
+        try:
+            check_stats_document(parsed)
+        except StatsFileError as e:
+            raise bad(f"is not a valid stats document ({e})") from None
+    return parsed
+
+
+def _split_info(path: str, name: str, g, layout: str) -> dict:
+    x = g["x"]
+    if not isinstance(x, h5py.Dataset) or x.ndim != 4 or x.dtype.kind != "f":
+        raise SourceError(f"{show_path(path)}: /{name}/x is not a 4-D array of floats; the file was changed after "
+                          "imgnorm wrote it, or was not written by imgnorm")
+    s = {"shape": list(x.shape), "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
+         "compression": x.compression or "none"}
+    if "y" in g:
+        y = g["y"]
+        if not isinstance(y, h5py.Dataset) or y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != x.shape[0]:
+            raise SourceError(f"{show_path(path)}: /{name}/y is not one integer label per image")
+        counts: dict[int, int] = {}
+        for i in range(0, len(y), 1 << 20):  # in blocks: labels of millions of images stay small
+            for k, v in zip(*np.unique(y[i:i + (1 << 20)], return_counts=True)):
+                counts[int(k)] = counts.get(int(k), 0) + int(v)
+        s["labels"] = {"dtype": str(y.dtype), "counts": dict(sorted(counts.items()))}
+    if "files" in g:
+        s["files"] = int(g["files"].shape[0])
+    return s
 
 
 def iter_stored(path: str, split: str, batch_size: int = 256):
     """Yield ``/<split>/x`` in (n, ...) blocks, a few chunks at a time."""
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", locking=False) as f:
         x = f[split]["x"]
         step = max(batch_size, x.chunks[0] if x.chunks else 1)
         for i in range(0, x.shape[0], step):

@@ -106,7 +106,8 @@ class Scaling:
         y = (x.astype(np.float64) - self.offset) / self.scale
         if self.clip_rescale:
             _clip_rescale(y)
-        return y.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # float16 overflow: Scaler.transform_batch checks and says so
+            return y.astype(dtype, copy=False)
 
     def _table(self, in_dtype: np.dtype, dtype: np.dtype) -> np.ndarray:
         """(channels, levels) contiguous table of the scaled value of every pixel level."""
@@ -217,7 +218,8 @@ def per_image_scaled(x: np.ndarray, method: str, *, max_value: float | None, per
     y = (xf - offset) / scale
     if clip_rescale and method == "standardize":
         _clip_rescale(y)
-    return y.astype(dtype, copy=False), n_flat
+    with np.errstate(over="ignore"):  # float16 overflow: Scaler.transform_batch checks and says so
+        return y.astype(dtype, copy=False), n_flat
 
 
 def _clip_rescale(y: np.ndarray) -> None:

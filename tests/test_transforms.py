@@ -76,8 +76,10 @@ def test_standardize_is_feature_wise_on_the_train_split(same_size_folder, tmp_pa
         assert f.attrs["method"] == "standardize"
         stats = json.loads(f.attrs["stats"])
         assert stats["fit_split"] == "train" and stats["format"] == "imgnorm.stats"
-        files = [s.decode() for s in f["train"]["files"][...]]
-        assert files == src.splits["train"].files
+        files = [os.fsdecode(s) for s in f["train"]["files"][...]]  # relative to the source, as given
+        assert files == [os.path.relpath(p, same_size_folder) for p in src.splits["train"].files]
+        assert f["train"]["files"].attrs["encoding"] == "utf-8"
+        assert f.attrs["source"] == str(same_size_folder) and stats["source"] == str(same_size_folder)
         assert f["train"]["y"][...].tolist() == src.splits["train"].labels.tolist()
 
 
