@@ -1,8 +1,9 @@
 """imgnorm: exact, streaming pixel statistics and normalization of image datasets.
 
 The data path: :mod:`imgnorm.sources` (readers) -> :mod:`imgnorm.stats`
-(running statistics) -> :mod:`imgnorm.transforms` -> :mod:`imgnorm.store`
-(HDF5), joined by :mod:`imgnorm.pipeline`.
+(running statistics) -> :mod:`imgnorm.transforms` (the :class:`Scaler`) ->
+:mod:`imgnorm.store` (HDF5), joined by :mod:`imgnorm.pipeline` (plan, fit,
+write, as tasks over shards of a source).
 """
 
 from __future__ import annotations
@@ -15,18 +16,28 @@ __version__ = "0.1.0"
 # line's start-up (which sets up the process before numpy loads, see
 # __main__.py) do not pay for numpy and h5py.
 _EXPORTS = {
-    "ImageError": "errors", "ImgnormError": "errors", "OptionError": "errors", "OutputError": "errors",
-    "SourceError": "errors", "StatsFileError": "errors",
-    "compute_stats": "pipeline",
-    "Batch": "sources", "Source": "sources", "Split": "sources", "open_source": "sources",
-    "RunningStats": "stats", "merge_documents": "stats", "read_stats_document": "stats",
-    "stats_document": "stats",
+    "open_source": "sources", "Source": "sources", "Split": "sources", "Batch": "sources",
+    "compute_stats": "pipeline", "transform_to_hdf5": "pipeline", "plan_write": "pipeline",
+    "Scaler": "transforms",
+    "RunningStats": "stats", "stats_document": "stats", "merge_documents": "stats",
+    "read_stats_document": "stats", "write_stats_document": "stats", "check_stats_document": "stats",
+    "ImgnormError": "errors", "SourceError": "errors", "ImageError": "errors", "DataError": "errors",
+    "StatsFileError": "errors", "OutputError": "errors", "OptionError": "errors", "ImgnormWarning": "errors",
 }
 
 __all__ = [
-    "__version__", "Batch", "ImageError", "ImgnormError", "OptionError", "OutputError", "RunningStats",
-    "Source", "SourceError", "Split", "StatsFileError", "compute_stats", "merge_documents", "open_source",
-    "read_stats_document", "stats_document",
+    "__version__",
+    # read a dataset
+    "open_source", "Source", "Split", "Batch",
+    # statistics and scaling
+    "compute_stats", "Scaler", "RunningStats",
+    # write scaled arrays
+    "transform_to_hdf5", "plan_write",
+    # stats documents
+    "stats_document", "merge_documents", "read_stats_document", "write_stats_document", "check_stats_document",
+    # errors
+    "ImgnormError", "SourceError", "ImageError", "DataError", "StatsFileError", "OutputError", "OptionError",
+    "ImgnormWarning",
 ]
 
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-import numpy as np
-
 from .errors import ImageError, OptionError, SourceError, printable
 from .outputs import OutputSet
-from .stats import RunningStats
 
 HDF5_EXTENSIONS = (".h5", ".hdf5")
 PLOT_BINS = 120
@@ -38,7 +35,8 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
             facts = describe_h5(path, show_progress=show_progress)
             text = report.format_h5(facts)
             if plot_out is not None:
-                hist = stored_histograms(path, facts, show_progress=show_progress)
+                from .pipeline import stored_histograms
+                hist = stored_histograms(facts, PLOT_BINS, show_progress=show_progress)
                 outputs.set_content(plot_out, report.draw_histograms(facts, hist))
                 outputs.commit()
                 text += f"\n\nhistograms: {plot}"
@@ -56,50 +54,12 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
 def describe_h5(path: str, *, show_progress: bool = False) -> dict:
     """What :func:`imgnorm.store.read_h5_info` says, plus the statistics of the
     stored values per split (``check``), recomputed by streaming."""
-    from .store import iter_stored, read_h5_info
-    from .workers import progress
+    from .pipeline import stored_stats
+    from .store import read_h5_info
 
     info = read_h5_info(path)
-    layout = info["attrs"].get("options", {}).get("layout", "nhwc")
-    checks = {}
-    for name, s in info["splits"].items():
-        channels = s["shape"][1] if layout == "nchw" else s["shape"][-1]
-        rs = RunningStats(channels, np.float64)
-        with progress(s["shape"][0], f"check {name}", show_progress) as bar:
-            for block in iter_stored(path, name):
-                block = block.transpose(0, 2, 3, 1) if layout == "nchw" else block
-                rs.update(np.ascontiguousarray(block, dtype=np.float64))
-                bar.update(len(block))
-        checks[name] = rs.to_dict()
-        checks[name].pop("sums")
-        checks[name].pop("shape")
-    info["check"] = checks
+    info["check"] = stored_stats(info, show_progress=show_progress)
     return info
-
-
-def stored_histograms(path: str, facts: dict, *, bins: int = PLOT_BINS, show_progress: bool = False) -> dict:
-    """Per split: ``(edges, counts)``, counts of shape (channels, bins) over the split's stored range."""
-    from .store import iter_stored
-    from .workers import progress
-
-    layout = facts["attrs"].get("options", {}).get("layout", "nhwc")
-    out = {}
-    for name, c in facts["check"].items():
-        lo, hi = c["global"]["min"], c["global"]["max"]
-        if lo is None:
-            continue
-        hi = hi if hi > lo else lo + 1
-        ch = len(c["per_channel"]["mean"])
-        counts = np.zeros((ch, bins), np.int64)
-        with progress(facts["splits"][name]["shape"][0], f"histogram {name}", show_progress) as bar:
-            for block in iter_stored(path, name):
-                block = block.transpose(0, 2, 3, 1) if layout == "nchw" else block
-                flat = block.reshape(-1, ch)
-                for k in range(ch):
-                    counts[k] += np.histogram(flat[:, k], bins=bins, range=(lo, hi))[0]
-                bar.update(len(block))
-        out[name] = (np.linspace(lo, hi, bins + 1), counts)
-    return out
 
 
 # How many entries of each kind a description lists by name before it only counts.

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import ImageError, OptionError, OutputError, SourceError, StatsFileError, printable
 from .outputs import OutputSet, describe_os_error
 from .sources import Batch, Source, Split
-from .stats import RunningStats, stats_document
+from .stats import RunningStats, document_bytes, stats_document
 from .transforms import LAYOUTS, COMPRESSIONS, Scaler, check_writable_dtype, need_max_value
 from .workers import LocalExecutor, ahead, progress
 
@@ -178,11 +178,6 @@ def _stats_pass(source: Source, tasks: list[Shard], ex, on_error: str, show_prog
 def _stored(source: Source, skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Skipped entries as documents record them: names relative to the source, like ``/files``."""
     return [(source.stored_name(f), r) for f, r in skipped]
-
-
-def document_bytes(doc: dict) -> bytes:
-    """A stats document as the file bytes imgnorm writes."""
-    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 # ------------------------------------------------------------ plan
@@ -509,6 +504,59 @@ def _options_attr(plan: WritePlan, scaler: Scaler, scaling) -> dict:
         options["offset"] = scaling.offset.tolist()
         options["scale"] = scaling.scale.tolist()
     return options
+
+
+# ------------------------------------------------------------ stored values (inspect)
+
+
+def _stored_blocks(info: dict, name: str):
+    """``/<name>/x`` of an imgnorm HDF5 file in (n, height, width, channels) blocks."""
+    from .store import iter_stored
+
+    layout = info["attrs"].get("options", {}).get("layout", "nhwc")
+    for block in iter_stored(info["path"], name):
+        yield block.transpose(0, 2, 3, 1) if layout == "nchw" else block
+
+
+def stored_stats(info: dict, *, show_progress: bool = False) -> dict:
+    """Statistics of the values stored in each split of an HDF5 file (a pass over
+    it), keyed by split: the ``global`` and ``per_channel`` entries of a stats document.
+
+    ``info`` is what :func:`imgnorm.store.read_h5_info` gives.
+    """
+    checks = {}
+    for name, s in info["splits"].items():
+        channels = s["shape"][1] if info["attrs"].get("options", {}).get("layout") == "nchw" else s["shape"][-1]
+        rs = RunningStats(channels, np.float64)
+        with progress(s["shape"][0], f"check {name}", show_progress) as bar:
+            for block in _stored_blocks(info, name):
+                rs.update(np.ascontiguousarray(block, dtype=np.float64))
+                bar.update(len(block))
+        checks[name] = rs.to_dict()
+        checks[name].pop("sums")
+        checks[name].pop("shape")
+    return checks
+
+
+def stored_histograms(info: dict, bins: int, *, show_progress: bool = False) -> dict:
+    """Per split: ``(edges, counts)``, counts of shape (channels, bins) over the
+    split's stored range (``info["check"]`` from :func:`stored_stats`)."""
+    out = {}
+    for name, c in info["check"].items():
+        lo, hi = c["global"]["min"], c["global"]["max"]
+        if lo is None:
+            continue
+        hi = hi if hi > lo else lo + 1
+        ch = len(c["per_channel"]["mean"])
+        counts = np.zeros((ch, bins), np.int64)
+        with progress(info["splits"][name]["shape"][0], f"histogram {name}", show_progress) as bar:
+            for block in _stored_blocks(info, name):
+                flat = block.reshape(-1, ch)
+                for k in range(ch):
+                    counts[k] += np.histogram(flat[:, k], bins=bins, range=(lo, hi))[0]
+                bar.update(len(block))
+        out[name] = (np.linspace(lo, hi, bins + 1), counts)
+    return out
 
 
 class PixelCache:

@@ -174,6 +174,14 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
     on_error : {"fail", "skip"}
         A folder or file that cannot be listed: stop, or leave it out and
         record it in :attr:`Source.skipped`.
+
+    Returns
+    -------
+    Source
+        Named splits (``source.splits``), each reading images in batches:
+        ``split.read(start, stop).images`` is an array of shape
+        (n, height, width, channels) of uint8 or uint16 (float for float
+        arrays), or a list of (height, width, channels) arrays when sizes differ.
     """
     path = os.fspath(path)
     if not os.path.exists(path):

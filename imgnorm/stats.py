@@ -320,7 +320,28 @@ def _num(v):
 
 def stats_document(*, source: str, color: str, channels: int, max_value, splits: dict[str, RunningStats],
                    fit_split: str, skipped: list | None = None, extra: dict | None = None) -> dict:
-    """Build the stats document (format ``imgnorm.stats``, version 1)."""
+    """Build the stats document (format ``imgnorm.stats``, version 1).
+
+    Parameters
+    ----------
+    source, color : str
+        Where the pixels came from and how they were read.
+    channels : int
+    max_value : int, float or None
+        The pixels' maximum (255 for uint8); adds the ``unit_scale`` entries.
+    splits : dict of str to RunningStats
+        The statistics of each split.
+    fit_split : str
+        The split whose statistics apply to the others.
+    skipped : list of (file, reason), optional
+
+    Returns
+    -------
+    dict
+        JSON-able: per split ``images``, ``pixels``, ``shape``, ``global`` and
+        ``per_channel`` statistics (lists of length ``channels``) and the
+        sufficient ``sums`` that :func:`merge_documents` adds up.
+    """
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -346,7 +367,22 @@ def stats_document(*, source: str, color: str, channels: int, max_value, splits:
 
 
 def merge_documents(a: dict, b: dict) -> dict:
-    """The document of the union of two disjoint parts of a dataset, split by split."""
+    """The document of the union of two disjoint parts of a dataset, split by split.
+
+    Integer pixels merge exactly (their sums are integers), so the result is
+    bit for bit the document of the whole, in any order; float pixels merge
+    with Chan's update (1e-12 relative).
+
+    Parameters
+    ----------
+    a, b : dict
+        Stats documents of the same channels, max value and colour.
+
+    Returns
+    -------
+    dict
+        The stats document of both; ``fit_split`` and ``source`` from ``a``.
+    """
     for key in ("channels", "max_value", "color"):
         if a.get(key) != b.get(key):
             raise StatsFileError(f"cannot merge stats documents with different {key}: {a.get(key)} vs {b.get(key)}")
@@ -361,12 +397,49 @@ def merge_documents(a: dict, b: dict) -> dict:
                           max_value=a["max_value"], splits=merged, fit_split=a["fit_split"])
 
 
+def document_bytes(doc: dict) -> bytes:
+    """A stats document as the file bytes imgnorm writes (indented JSON)."""
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def write_stats_document(doc: dict, path: str | os.PathLike, *, force: bool = False) -> None:
+    """Write a stats document to ``path`` (``-``: standard output), checked first.
+
+    The file is written whole or not at all; an existing file is replaced only
+    with ``force``, and something that is not a regular file (a device, a FIFO)
+    is written into, never replaced.
+    """
+    from .outputs import OutputSet
+
+    check_stats_document(doc)
+    with OutputSet(force) as outputs:
+        out = outputs.add(path, "path", what="the stats document")
+        outputs.set_content(out, document_bytes(doc))
+        outputs.commit()
+
+
 # A stats document is a few KB; one of hundreds of MB is not one (and would be read whole).
 MAX_DOCUMENT_BYTES = 64 << 20
 
 
 def read_stats_document(path: str | os.PathLike) -> dict:
-    """Read and check a stats document written by ``imgnorm stats -o`` (``-`` reads standard input)."""
+    """Read and check a stats document written by ``imgnorm stats -o``.
+
+    Parameters
+    ----------
+    path : path-like
+        The JSON file; ``-`` reads standard input.
+
+    Returns
+    -------
+    dict
+        The document, every field checked (:func:`check_stats_document`).
+
+    Raises
+    ------
+    StatsFileError
+        One line naming the file and the first field that is wrong.
+    """
     path = os.fspath(path)
     try:
         if path == "-":

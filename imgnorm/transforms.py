@@ -326,15 +326,16 @@ class Scaler:
 
     def __repr__(self) -> str:
         defaults = Scaler().get_params()
-        params = self.get_params()
-        args = [repr(self.method)] + [f"{k}={v!r}" for k, v in params.items()
-                                      if k != "method" and v != defaults[k]]
-        if self._preset:
-            return f"Scaler.preset({self._preset!r}, {', '.join(args)})"
-        if self._constants:
+        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
+        if self._constants:  # always per channel: not an option there
+            changed.pop("per_channel", None)
+            args = [f"{k}={v!r}" for k, v in changed.items()]
+            if self._preset:
+                return f"Scaler.preset({', '.join([repr(self._preset)] + args)})"
             mean, std = self._constants
-            return f"Scaler.from_constants({list(mean)}, {list(std)}, {', '.join(args)})"
-        return f"Scaler({', '.join(args)})"
+            return f"Scaler.from_constants({', '.join([repr(list(mean)), repr(list(std))] + args)})"
+        changed.pop("method", None)
+        return f"Scaler({', '.join([repr(self.method)] + [f'{k}={v!r}' for k, v in changed.items()])})"
 
     @property
     def needs_fit(self) -> bool:
@@ -442,6 +443,27 @@ class Scaler:
             self.fit_stats(doc["splits"][name])
         self._doc = doc if name == doc["fit_split"] else dict(doc, fit_split=name)
         return self
+
+    @classmethod
+    def from_hdf5(cls, path: str) -> "Scaler":
+        """The Scaler an imgnorm HDF5 file was written with (its ``method``,
+        ``options`` and ``stats`` attributes): its :meth:`transform` gives new
+        images exactly the values the file holds for its own."""
+        from .store import read_h5_info
+
+        attrs = read_h5_info(path)["attrs"]
+        opts = attrs.get("options") or {}
+        params = {k: opts[k] for k in ("per_channel", "per_image", "minmax", "unit", "clip_rescale")
+                  if isinstance(opts.get(k), bool)}
+        params["epsilon"] = opts.get("epsilon") or None
+        method = attrs.get("method", "standardize")
+        if params.get("per_image") or attrs.get("stats") is None:
+            return cls(method, max_value=opts.get("max_value"), **params)
+        preset = opts.get("stats") if opts.get("stats") in PRESETS else None
+        if preset:
+            return cls.preset(preset, method=method, max_value=opts.get("max_value"),
+                              **{k: v for k, v in params.items() if k != "per_channel"})
+        return cls.from_stats(attrs["stats"], method=method, **params)
 
     @classmethod
     def preset(cls, name: str, **options) -> "Scaler":

@@ -16,11 +16,25 @@ import pytest
 from conftest import imgnorm_cmd, open_to_all, run_imgnorm, write_jpeg
 
 
+@pytest.fixture(scope="session")
+def slow_image():
+    """One 2500x2500 noise JPEG (about 0.1 s to decode), readable by every user."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="imgnorm-slow-")
+    os.chmod(d, 0o755)
+    write_jpeg(os.path.join(d, "big.jpg"), np.random.default_rng(0), size=(2500, 2500))
+    os.chmod(os.path.join(d, "big.jpg"), 0o644)
+    yield os.path.join(d, "big.jpg")
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture
-def folder(world_tmp, rng):
-    """48 JPEGs of 160x160 in two classes: enough to keep two workers busy for a moment."""
-    for i in range(48):
-        write_jpeg(world_tmp / "src" / f"c{i % 2}" / f"{i}.jpg", rng, size=(160, 160))
+def folder(world_tmp, slow_image):
+    """40 links to a large JPEG in two classes (three tasks): a second or two of work for two workers."""
+    for i in range(40):
+        os.makedirs(world_tmp / "src" / f"c{i % 2}", exist_ok=True)
+        os.symlink(slow_image, world_tmp / "src" / f"c{i % 2}" / f"{i}.jpg")
     open_to_all(world_tmp)
     return world_tmp / "src"
 
@@ -54,8 +68,8 @@ def workers_of(proc, want: int = 2, timeout: float = 30) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP, signal.SIGTERM])
 def test_killing_the_parent_ends_every_worker(folder, world_tmp, sig, user):
-    proc = subprocess.Popen(imgnorm_cmd("standardize", folder, "--size", "300x300", "-o", world_tmp / "o.h5",
-                                        "--workers", "2", "--dtype", "float64", "-q", user=user))
+    proc = subprocess.Popen(imgnorm_cmd("standardize", folder, "--size", "64x64", "-o", world_tmp / "o.h5",
+                                        "--workers", "2", "-q", user=user))
     kids = workers_of(proc)  # setpriv execs imgnorm: the same process
     os.kill(proc.pid, sig)
     proc.wait(30)
@@ -70,7 +84,7 @@ def test_killing_the_parent_ends_every_worker(folder, world_tmp, sig, user):
 
 def test_command_substitution_returns_when_the_parent_is_killed(folder):
     """`out=$(imgnorm stats ...)` waits for every holder of its pipe: workers must not hold it."""
-    script = f"out=$(timeout -s KILL 0.6 {' '.join(imgnorm_cmd('stats', folder, '--workers', '2', '--size', '600x600'))}); echo done"
+    script = f"out=$(timeout -s KILL 0.6 {' '.join(imgnorm_cmd('stats', folder, '--workers', '2'))}); echo done"
     start = time.monotonic()
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "done"
@@ -78,7 +92,7 @@ def test_command_substitution_returns_when_the_parent_is_killed(folder):
 
 
 def test_workers_hold_no_descriptor_but_their_pipe(folder, world_tmp):
-    proc = subprocess.Popen(imgnorm_cmd("standardize", folder, "--size", "300x300", "-o", world_tmp / "o.h5",
+    proc = subprocess.Popen(imgnorm_cmd("standardize", folder, "--size", "64x64", "-o", world_tmp / "o.h5",
                                         "--workers", "2", "-q"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     def settled(kid: int) -> tuple[bool, dict]:
         fds = {int(fd): os.readlink(f"/proc/{kid}/fd/{fd}") for fd in os.listdir(f"/proc/{kid}/fd")}
