@@ -8,12 +8,15 @@ PHOTOS ?= ../shared/data/photos
 
 .PHONY: demo test bench clean
 
+# Every optional extra is installed here, so the tests cover all of them.
+EXTRAS := test,plot
+
 # Re-install when the metadata or the C kernel changes (an editable install
 # does not rebuild the extension by itself).
 $(VENV)/.installed: pyproject.toml setup.py imgnorm/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 test: $(VENV)/.installed
@@ -27,7 +30,7 @@ demo: $(VENV)/.installed
 	$(BIN)/imgnorm stats demo/digits.npz
 	$(BIN)/imgnorm stats demo/shapes -o demo/shapes-stats.json
 	$(BIN)/imgnorm standardize demo/digits.npz -o demo/digits.h5
-	$(BIN)/imgnorm standardize demo/shapes --size 64x64 --per-channel -o demo/shapes.h5 --stats-out demo/shapes-fit.json
+	$(BIN)/imgnorm standardize demo/shapes --size 64 --resize-mode crop --per-channel -o demo/shapes.h5 --stats-out demo/shapes-fit.json
 	$(BIN)/imgnorm inspect demo/shapes.h5 --plot demo/shapes-hist.png
 
 # Benchmarks measure imgnorm as users install it: a regular (not editable)

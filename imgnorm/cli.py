@@ -121,29 +121,79 @@ def _size(ctx, param, value):
     try:
         return parse_size(value)
     except OptionError as e:
-        raise click.BadParameter(str(e), ctx, param) from None
+        raise click.BadParameter(str(e).removeprefix("--size "), ctx, param) from None
 
 
-def read_options(fn):
-    """Options of every command that reads a source."""
-    for decorator in reversed([
-        click.option("--color", type=click.Choice(["rgb", "gray", "keep"]), default=None,
-                     help="Images: convert to RGB (default) or grayscale as Pillow does, or keep their "
-                          "own channels. Arrays are read as stored."),
-        click.option("--size", metavar="WxH", callback=_size,
-                     help="Resize every image to WxH (JPEGs shrink through the decoder's draft mode)."),
-        click.option("--split", "split", metavar="NAME", default=None, help="Only this split."),
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Decoding processes for image folders [default: all cores]."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Images held in memory at once, per worker [default: 64 images from a "
-                          "folder of mixed sizes, else about 4 MiB of float32 output]."),
-        click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-                     help="On an unreadable image: stop, or leave it out and report it."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
-    ]):
-        fn = decorator(fn)
-    return fn
+def _floats(ctx, param, value):
+    """A comma list of numbers (--mean 0.485,0.456,0.406), or one for every channel."""
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma list of numbers, for example 0.485,0.456,0.406",
+                                 ctx, param) from None
+
+
+def _options(*decorators):
+    """Apply option decorators in the order written (as they read in --help)."""
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+CHOICES_RESIZE = ["stretch", "crop", "pad"]
+CHOICES_INTERPOLATION = ["bilinear", "nearest", "bicubic", "lanczos", "box", "hamming"]
+
+read_options = _options(
+    click.option("--color", type=click.Choice(["rgb", "gray", "keep"]), default=None,
+                 help="Images: convert to RGB (default) or grayscale as Pillow does, or keep their own "
+                      "channels. Arrays are read as stored."),
+    click.option("--size", metavar="WxH|S", callback=_size,
+                 help="Bring every image to WxH (S: SxS) with Pillow's resize of the fully decoded image."),
+    click.option("--resize-mode", type=click.Choice(CHOICES_RESIZE), default="stretch", show_default=True,
+                 help="stretch to WxH; crop: cover it and cut the centre (torchvision Resize + CenterCrop); "
+                      "pad: fit inside and pad (letterbox)."),
+    click.option("--interpolation", type=click.Choice(CHOICES_INTERPOLATION), default="bilinear",
+                 show_default=True, help="Pillow's resize filter (Keras' names; Keras defaults to nearest)."),
+    click.option("--pad-value", type=click.IntRange(0, 65535), default=0, show_default=True,
+                 help="The fill of --resize-mode pad, in pixel levels."),
+    click.option("--draft", is_flag=True,
+                 help="Shrink JPEGs in the decoder (libjpeg draft mode): faster, pixels slightly different."),
+    click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
+                 help="bgr for Caffe-style models: channels reversed, statistics follow them."),
+    click.option("--split", "split", metavar="NAME", default=None, help="Only this split."),
+    click.option("--source-name", metavar="NAME",
+                 help="Record the source as NAME in documents and outputs [default: its path as given]."),
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Decoding processes for image folders [default: all cores]."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                 help="Images held in memory at once, per worker [default: 64 images from a folder of mixed "
+                      "sizes, else about 4 MiB of float32 output]."),
+    click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+                 help="On an unreadable image or folder: stop, or leave it out and report it."),
+    click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"]), default="auto",
+                 show_default=True, help="A bar on a terminal, a log line every few seconds elsewhere (auto)."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr."),
+    click.option("--dry-run", is_flag=True, help="Check the outputs and print the plan; read no pixel, write nothing."),
+)
+
+
+def _open(source, opts: dict):
+    """The source, as the read options say (they are removed from ``opts``)."""
+    from .sources import open_source
+
+    return open_source(source, color=opts.pop("color"), size=opts.pop("size"), resize_mode=opts.pop("resize_mode"),
+                       interpolation=opts.pop("interpolation"), pad_value=opts.pop("pad_value"),
+                       draft=opts.pop("draft"), channel_order=opts.pop("channel_order"), on_error=opts["on_error"],
+                       name=opts.pop("source_name"))
+
+
+def _show_progress(opts: dict):
+    quiet, mode = opts.pop("quiet"), opts.pop("progress")
+    return "none" if quiet else mode
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -156,6 +206,9 @@ def cli(debug):
     folders), .npz files in the Keras mnist.npz layout, .npy files and single
     images; writes statistics as JSON and scaled arrays as HDF5.
 
+    Every option can also come from the environment: IMGNORM_<OPTION> for
+    every command (IMGNORM_WORKERS=2), IMGNORM_<COMMAND>_<OPTION> for one.
+
     \b
     Examples:
       imgnorm stats data/photos
@@ -166,14 +219,14 @@ def cli(debug):
         signal.signal(sig, _on_sigterm)
 
 
-@cli.command()
+@cli.command(short_help="Count, min, max, mean and std of the pixels, global and per channel.")
 @click.argument("source")
 @read_options
 @click.option("--json", "as_json", is_flag=True, help="Print the stats document (JSON) instead of a table.")
-@click.option("-o", "--output", metavar="FILE", help="Also write the stats document to FILE.")
+@click.option("-o", "--output", metavar="FILE|-", help="Also write the stats document to FILE (- for stdout).")
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @translate_errors
-def stats(source, color, size, split, workers, batch_size, on_error, quiet, as_json, output, force):
+def stats(source, as_json, output, force, **opts):
     """Count, min, max, mean and std of the pixels, global and per channel.
 
     \b
@@ -183,14 +236,17 @@ def stats(source, color, size, split, workers, batch_size, on_error, quiet, as_j
       imgnorm stats data/photos --split train -o stats.json
     """
     from .pipeline import compute_stats
-    from .report import format_stats
-    from .sources import open_source
+    from .report import format_plan, format_stats
 
-    src = open_source(source, color=color, size=size, on_error=on_error)
-    doc = compute_stats(src, split=split, batch_size=batch_size, workers=workers, on_error=on_error,
-                        show_progress=not quiet, output=output, force=force)
+    src = _open(source, opts)
+    doc = compute_stats(src, split=opts["split"], batch_size=opts["batch_size"], workers=opts["workers"],
+                        on_error=opts["on_error"], show_progress=_show_progress(opts), output=output, force=force,
+                        dry_run=opts["dry_run"])
+    if opts["dry_run"]:
+        return emit(json.dumps(doc, indent=2) if as_json else format_plan(doc))
     _report_skipped(src, doc)
-    emit(json.dumps(doc, indent=2) if as_json else format_stats(doc), committed=output is not None)
+    if output != "-":  # -o - printed the document already
+        emit(json.dumps(doc, indent=2) if as_json else format_stats(doc), committed=output is not None)
 
 
 def _report_skipped(src, doc: dict):
@@ -198,61 +254,95 @@ def _report_skipped(src, doc: dict):
         emit(f"skipped {src.reached_name(s['file'])}: {s['reason']}", err=True)
 
 
-def write_options(fn):
-    """Options of the three commands that write scaled HDF5."""
-    for decorator in reversed([
-        click.option("-o", "--output", metavar="OUT.h5", required=True, help="The HDF5 file to write."),
-        click.option("--per-channel", is_flag=True, help="Per-channel statistics instead of global ones."),
-        click.option("--per-image", is_flag=True,
-                     help="Sample-wise: each image uses its own statistics (default: feature-wise, "
-                          "the fit split's statistics for every split)."),
-        click.option("--fit-split", metavar="NAME",
-                     help="The split whose statistics are applied [default: train, else the only split]."),
-        click.option("--stats", "stats_file", metavar="FILE|imagenet",
-                     help="Apply a stats document from `imgnorm stats -o`, or ImageNet's RGB mean/std."),
-        click.option("--max-value", type=click.FloatRange(min=0, min_open=True),
-                     help="The pixel maximum, for float arrays [default: 255 for uint8, 65535 for uint16]."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "float64"]), default="float32",
-                     show_default=True, help="Output type."),
-        click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc", show_default=True,
-                     help="nhwc for Keras, nchw for PyTorch."),
-        click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
-                     show_default=True, help="HDF5 filter; gzip is readable everywhere, lzf only by h5py."),
-        click.option("--stats-out", metavar="FILE", help="Also write the stats document of the data."),
-        click.option("--force", is_flag=True, help="Replace OUT.h5 (and --stats-out FILE) if they exist."),
-    ]):
-        fn = decorator(fn)
-    return fn
+write_options = _options(
+    click.option("-o", "--output", metavar="OUT.h5", required=True, help="The HDF5 file to write."),
+    click.option("--per-channel", is_flag=True, help="Per-channel statistics instead of global ones."),
+    click.option("--per-image", is_flag=True,
+                 help="Sample-wise: each image uses its own statistics (default: feature-wise, the fit split's "
+                      "statistics for every split)."),
+    click.option("--fit-split", metavar="NAME",
+                 help="The split whose statistics are applied [default: train, else the only split]."),
+    click.option("--stats", "stats_file", metavar="FILE|-|PRESET",
+                 help="Apply a stats document (imgnorm stats -o; - reads stdin) or known constants: imagenet, "
+                      "clip, inception ([-1, 1]), caffe (use with --channel-order bgr)."),
+    click.option("--mean", callback=_floats, metavar="M[,M,M]",
+                 help="Apply this mean (0-1 scale, RGB order, as torchvision's Normalize); with --std."),
+    click.option("--std", callback=_floats, metavar="S[,S,S]", help="Apply this std (0-1 scale, RGB order)."),
+    click.option("--force-stats", is_flag=True,
+                 help="Apply --stats FILE even if its pixels were read otherwise (size, colour, resize...)."),
+    click.option("--max-value", type=float,
+                 help="The pixel maximum, for float arrays [default: 255 for uint8, 65535 for uint16]."),
+    click.option("--dtype", type=click.Choice(["float32", "float16", "float64"]), default="float32",
+                 show_default=True, help="Output type."),
+    click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc", show_default=True,
+                 help="nhwc for Keras, nchw for PyTorch."),
+    click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True,
+                 help="HDF5 filter; gzip is readable everywhere, lzf only by h5py."),
+    click.option("--stats-out", metavar="FILE|-", help="Also write the stats document of the data read."),
+    click.option("--force", is_flag=True, help="Replace OUT.h5 (and --stats-out FILE) if they exist."),
+    click.option("--json", "as_json", is_flag=True, help="Print a summary of what was written (JSON) on stdout."),
+)
+
+
+def _scaler(method: str, opts: dict, method_opts: dict, channel_order: str):
+    """The Scaler the options describe (they are removed from ``opts``)."""
+    from .stats import read_stats_document
+    from .transforms import PRESETS, Scaler
+
+    stats, mean, std = opts.pop("stats_file"), opts.pop("mean"), opts.pop("std")
+    scaler = Scaler(method, per_channel=opts.pop("per_channel"), per_image=opts.pop("per_image"),
+                    max_value=opts.pop("max_value"), **method_opts)  # options checked before anything is read
+    if (mean is None) != (std is None):
+        raise OptionError("give --mean and --std together", option="--mean" if mean is None else "--std")
+    if mean is not None and stats is not None:
+        raise OptionError("--stats and --mean/--std both give statistics; choose one", option="--mean")
+    params = scaler.get_params()
+    if mean is not None:
+        return Scaler.from_constants(mean, std, channel_order=channel_order, **params), None
+    if stats in PRESETS:
+        return Scaler.preset(stats, channel_order=channel_order, **params), None
+    if stats is not None:
+        return Scaler.from_stats(read_stats_document(stats), **params), stats
+    return scaler, None
 
 
 def _run_transform(method, source, opts, **method_opts):
     from .pipeline import transform_to_hdf5
-    from .sources import open_source
-    from .stats import read_stats_document
-    from .transforms import PRESETS, Scaler
+    from .report import format_plan
 
-    stats = opts.pop("stats_file")
-    scaler = Scaler(method, per_channel=opts.pop("per_channel"), per_image=opts.pop("per_image"),
-                    max_value=opts.pop("max_value"), **method_opts)
-    if stats in PRESETS:
-        scaler = Scaler.preset(stats, **scaler.get_params())
-    elif stats is not None:
-        scaler = Scaler.from_stats(read_stats_document(stats), **scaler.get_params())
-    src = open_source(source, color=opts.pop("color"), size=opts.pop("size"), on_error=opts["on_error"])
-    split = opts.pop("split")
-    quiet = opts.pop("quiet")
+    if opts["compression"] == "lzf":
+        emit("warning: --compression lzf is read only by h5py (not by h5dump, PyTables, MATLAB or other HDF5 "
+             "readers); gzip is read everywhere", err=True)
+    scaler, stats_path = _scaler(method, opts, method_opts, opts["channel_order"])
+    src = _open(source, opts)
+    split, as_json, dry_run = opts.pop("split"), opts.pop("as_json"), opts.pop("dry_run")
+    show = _show_progress(opts)
     result = transform_to_hdf5(src, opts.pop("output"), scaler, splits=[split] if split else None,
-                               show_progress=not quiet, inputs={"--stats": stats if stats not in PRESETS else None},
-                               **opts)
+                               show_progress=show, inputs={"--stats": stats_path}, dry_run=dry_run, **opts)
+    if dry_run:
+        return emit(json.dumps(result, indent=2) if as_json else format_plan(result))
     for w in result["warnings"]:
         emit(f"warning: {w}", err=True)
     _report_skipped(src, result["stats"])
-    rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
-    if not quiet:
+    if as_json:
+        emit(json.dumps(_summary(result, method), indent=2), committed=True)
+    elif show != "none":
+        rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
         emit(f"wrote {result['output']}: {rows} images ({method})", err=True)
 
 
-@cli.command()
+def _summary(result: dict, method: str) -> dict:
+    """What a write command prints with --json."""
+    opts = result["options"]
+    return {"output": result["output"], "bytes": result["bytes"], "stats_out": result["stats_out"],
+            "method": method, "splits": {n: {"images": result["rows"][n], "shape": result["shapes"][n]}
+                                         for n in result["rows"]},
+            "dtype": opts["dtype"], "layout": opts["layout"], "offset": opts.get("offset"),
+            "scale": opts.get("scale"), "fit_split": opts["fit_split"], "skipped": len(result["skipped"]),
+            "warnings": result["warnings"]}
+
+
+@cli.command(short_help="Scale pixels to [0, 1]: x / max_value, or min-max.")
 @click.argument("source")
 @read_options
 @write_options
@@ -264,12 +354,12 @@ def normalize(source, minmax, **opts):
     \b
     Examples:
       imgnorm normalize mnist.npz -o mnist.h5
-      imgnorm normalize data/photos --size 224x224 -o photos.h5 --layout nchw
+      imgnorm normalize data/photos --size 224 --resize-mode crop -o photos.h5 --layout nchw
     """
     _run_transform("normalize", source, opts, minmax=minmax)
 
 
-@cli.command()
+@cli.command(short_help="Subtract the mean (of the fit split, or of each image).")
 @click.argument("source")
 @read_options
 @write_options
@@ -282,11 +372,12 @@ def center(source, unit, **opts):
     Examples:
       imgnorm center mnist.npz -o mnist.h5 --unit
       imgnorm center data/photos --size 64x64 --per-channel -o photos.h5
+      imgnorm center data/photos --size 224 --stats caffe --channel-order bgr -o vgg.h5
     """
     _run_transform("center", source, opts, unit=unit)
 
 
-@cli.command()
+@cli.command(short_help="Subtract the mean and divide by the std.")
 @click.argument("source")
 @read_options
 @write_options
@@ -302,12 +393,13 @@ def standardize(source, clip_rescale, epsilon, **opts):
       imgnorm standardize mnist.npz -o mnist.h5
       imgnorm standardize data/photos --size 224x224 --per-channel -o photos.h5
       imgnorm standardize new_images/ --size 224x224 --stats train-stats.json -o new.h5
-      imgnorm standardize data/photos --size 224x224 --stats imagenet -o photos.h5
+      imgnorm standardize data/photos --size 224 --resize-mode crop --stats imagenet -o photos.h5
+      imgnorm standardize data/photos --size 224 --mean 0.5 --std 0.5 -o photos.h5
     """
     _run_transform("standardize", source, opts, clip_rescale=clip_rescale, epsilon=epsilon)
 
 
-@cli.command()
+@cli.command(short_help="Describe an imgnorm HDF5 file, a stats document or a source.")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--plot", metavar="FILE.png", help="Draw histograms of the stored values per split (HDF5 only).")
@@ -330,3 +422,16 @@ def inspect(path, as_json, plot, color, force, quiet):
 
     text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
     emit(json.dumps(doc, indent=2) if as_json else text, committed=plot is not None)
+
+
+def _environment_variables(group: click.Group) -> None:
+    """Every option can come from IMGNORM_<OPTION>, or IMGNORM_<COMMAND>_<OPTION> for one command."""
+    for command in [group, *group.commands.values()]:
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar is None and not param.is_eager:
+                name = max(param.opts, key=len).lstrip("-").replace("-", "_").upper()
+                own = [f"IMGNORM_{command.name.upper()}_{name}"] if command is not group else []
+                param.envvar = own + [f"IMGNORM_{name}"]
+
+
+_environment_variables(cli)

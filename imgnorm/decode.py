@@ -6,9 +6,12 @@ so everything here is a plain function of its arguments.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -22,10 +25,6 @@ from .errors import ImageError, OptionError
 # as uint16 where that is exact and refused otherwise.
 _WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
-# Resampling filter for --size.  Pillow's bilinear filter antialiases when it
-# shrinks (like torchvision's Resize), unlike Keras' default of nearest.
-RESAMPLE = Image.Resampling.BILINEAR
-
 
 class ImageInfo(NamedTuple):
     """What an image header says, read without decoding any pixels."""
@@ -37,11 +36,13 @@ class ImageInfo(NamedTuple):
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``"WxH"`` (for example ``"224x224"``) into ``(width, height)``."""
-    m = re.fullmatch(r"\s*(\d{1,9})\s*[xX×]\s*(\d{1,9})\s*", text)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise OptionError(f"size {text!r} is not WIDTHxHEIGHT, for example 224x224", option="--size")
-    w, h = int(m.group(1)), int(m.group(2))
+    """Parse ``"WxH"`` (for example ``"224x224"``), or ``"S"`` for SxS, into ``(width, height)``."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*(?:[xX×]\s*(\d{1,9})\s*)?", text)
+    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise OptionError(f"size {text!r} is not WIDTHxHEIGHT or one number, for example 224x224 or 224",
+                          option="--size")
+    w = int(m.group(1))
+    h = int(m.group(2)) if m.group(2) is not None else w
     # The same bound as a decoded image's: a target above it would allocate
     # gigabytes per image before anything else could fail.
     limit = Image.MAX_IMAGE_PIXELS
@@ -112,34 +113,27 @@ def _check_depth(im: Image.Image, path: str) -> None:
                          "which would drop precision. Convert it to 8-bit, or to 16-bit grayscale, first")
 
 
-def _to_array(im: Image.Image, color: str, path: str) -> np.ndarray:
+def _convert(im: Image.Image, color: str, path: str) -> Image.Image:
+    """The image in the mode ``color`` asks for, as Pillow's ``convert`` gives it."""
     mode = im.mode
     if mode in _WIDE_MODES:
         if color == "rgb":
             raise ImageError(path, f"{mode} image has more than 8 bits per sample; "
                              "read it with --color gray or --color keep (uint16, max 65535)")
-        a = np.asarray(im)
-        if a.dtype != np.uint16:
-            if a.size and (a.min() < 0 or a.max() > 65535):
-                raise ImageError(path, f"{mode} pixels outside 0..65535 are not supported")
-            a = a.astype(np.uint16)
-        return a[:, :, None]
+        return im  # 16 bits kept; made uint16 after any resize
     if mode in ("F",):
         raise ImageError(path, "floating-point images are not supported; convert to 8 or 16 bits")
     if color == "rgb":
-        im = im.convert("RGB")
-    elif color == "gray":
-        im = im.convert("L")
-    elif mode in ("1",):
-        im = im.convert("L")
-    elif mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode not in ("L", "LA", "RGB", "RGBA", "CMYK"):
-        im = im.convert("RGB")
-    a = np.asarray(im)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    return a
+        return im.convert("RGB")
+    if color == "gray":
+        return im.convert("L")
+    if mode == "1":
+        return im.convert("L")
+    if mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if mode not in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        return im.convert("RGB")
+    return im
 
 
 try:  # libjpeg-turbo through simplejpeg: about 1.7x Pillow's speed, the same pixels
@@ -171,8 +165,8 @@ def _fast_jpeg(path: str) -> np.ndarray | None:
         return None
 
 
-def decode(path: str, color: str = "rgb", size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode one image file.
+def decode(path: str, color: str = "rgb", resize: "Resize | tuple[int, int] | None" = None) -> np.ndarray:
+    """Decode one image file, as ``Image.open(path).convert(mode).resize(...)`` gives it.
 
     Parameters
     ----------
@@ -182,46 +176,142 @@ def decode(path: str, color: str = "rgb", size: tuple[int, int] | None = None) -
         ``rgb`` and ``gray`` convert as Pillow's ``convert("RGB")`` /
         ``convert("L")`` do; ``keep`` keeps the file's own channels (palette
         images become RGB or RGBA).
-    size : (width, height), optional
-        Resize to exactly this size.  JPEGs are first shrunk by the decoder's
-        draft mode (a power-of-two DCT scaling, much faster), never below
-        ``size``.
+    resize : Resize or (width, height), optional
+        Pillow's resize of the fully decoded image (see :class:`Resize`); a
+        JPEG is shrunk through libjpeg's draft mode first only with
+        ``Resize(draft=True)``.
 
     Returns
     -------
     ndarray of shape (height, width, channels)
         uint8, or uint16 for 16-bit images read with ``gray`` or ``keep``.
     """
-    if simplejpeg is not None and color == "rgb" and size is None and path.lower().endswith((".jpg", ".jpeg")):
-        a = _fast_jpeg(path)
+    if resize is not None and not isinstance(resize, Resize):
+        resize = Resize(tuple(resize))
+    draft = resize is not None and resize.draft
+    if simplejpeg is not None and not draft and path.lower().endswith((".jpg", ".jpeg")):
+        a = _fast_jpeg(path)  # the same RGB pixels Pillow decodes, faster
         if a is not None:
-            return a
+            if resize is None and color != "gray":
+                return a
+            im = Image.fromarray(a, "RGB")
+            return _finish(im.convert("L") if color == "gray" else im, resize, path)
     im = _open(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             _check_depth(im, path)
-            if size is not None and im.format == "JPEG":
-                im.draft(im.mode, size)  # same colour path as without --size; only smaller
+            if draft and im.format == "JPEG":
+                im.draft(im.mode, resize.scaled_size(im.size))  # opt-in: faster, slightly different pixels
             im.load()
-            a = _to_array(im, color, path)
-            if size is not None and (a.shape[1], a.shape[0]) != size:
-                a = _resize(a, size)
+            return _finish(_convert(im, color, path), resize, path)
     except ImageError:
         raise
     except Exception as e:
         raise ImageError(path, f"cannot decode ({_reason(e)})") from None
     finally:
         im.close()
+
+
+def _finish(im: Image.Image, resize: "Resize | None", path: str) -> np.ndarray:
+    """Resize in the image's own mode (as a user's loader does), then the array."""
+    if resize is not None:
+        im = resize.apply(im)
+    a = np.asarray(im)
+    if im.mode in _WIDE_MODES and a.dtype != np.uint16:
+        if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # I;16B: big-endian
+            a = a.astype(np.uint16)
+        else:
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise ImageError(path, f"{im.mode} pixels outside 0..65535 are not supported")
+            a = a.astype(np.uint16)
+    if a.ndim == 2:
+        a = a[:, :, None]
     return np.ascontiguousarray(a)
 
 
-def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if a.dtype == np.uint16:
-        # Pillow resizes 16-bit data in 32-bit integer mode, one channel at a time.
-        chans = [np.asarray(Image.fromarray(a[:, :, c].astype(np.int32), "I").resize(size, RESAMPLE))
-                 for c in range(a.shape[2])]
-        return np.clip(np.stack(chans, axis=-1), 0, 65535).astype(np.uint16)
-    im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-    r = np.asarray(im.resize(size, RESAMPLE))
-    return r[:, :, None] if r.ndim == 2 else r
+# Keras' names for Pillow's filters (keras.utils.load_img's `interpolation`).
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+                  "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+RESIZE_MODES = ("stretch", "crop", "pad")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How images are brought to one size: the options of ``--size`` bound once.
+
+    Attributes
+    ----------
+    size : (width, height)
+    mode : {"stretch", "crop", "pad"}
+        ``stretch``: ``Image.resize(size)``, aspect not kept (Keras'
+        ``target_size``). ``crop``: scale so the image covers the size (the
+        shorter side to the target, the other ``int(target * long / short)``,
+        as torchvision's ``Resize(S)``), then cut the centre (torchvision's
+        ``CenterCrop``: offsets ``int(round(excess / 2))``). ``pad``: scale so
+        the image fits (the longer side to the target, the other floored),
+        then pad with ``pad_value`` around the centre (offsets floored), as
+        TensorFlow's ``resize_with_pad``.
+    interpolation : str
+        One of :data:`INTERPOLATIONS` (Keras' names); Pillow's filter.
+    pad_value : int
+        The fill of ``pad`` mode, in pixel levels.
+    draft : bool
+        Let libjpeg shrink JPEGs by a power of two while decoding: much
+        faster on large photos, pixels slightly different from a full decode.
+    """
+
+    size: tuple[int, int]
+    mode: str = "stretch"
+    interpolation: str = "bilinear"
+    pad_value: int = 0
+    draft: bool = False
+
+    def __post_init__(self):
+        if self.mode not in RESIZE_MODES:
+            raise OptionError(f"resize mode {self.mode!r} is not one of {', '.join(RESIZE_MODES)}",
+                              option="--resize-mode")
+        if self.interpolation not in INTERPOLATIONS:
+            raise OptionError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}",
+                              option="--interpolation")
+        if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, int) or \
+                not 0 <= self.pad_value <= 65535:
+            raise OptionError(f"--pad-value must be a whole number of 0..65535 (a pixel level), got "
+                              f"{self.pad_value!r}", option="--pad-value")
+        w, h = self.size
+        if not (isinstance(w, int) and isinstance(h, int) and w >= 1 and h >= 1):
+            raise OptionError(f"size {self.size!r} is not a width and height of at least 1", option="--size")
+
+    def scaled_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) the image is resized to before a crop or a pad."""
+        (w, h), (tw, th) = image_size, self.size
+        if self.mode == "stretch":
+            return tw, th
+        if self.mode == "crop":  # cover the target; torchvision's int(S * long / short) for the other side
+            if tw * h >= th * w:  # width-limited: the target's width decides
+                return tw, max(th, int(tw * h / w))
+            return max(tw, int(th * w / h)), th
+        ratio = max(Fraction(w, tw), Fraction(h, th))  # fit inside the target, exactly
+        return max(1, min(tw, math.floor(w / ratio))), max(1, min(th, math.floor(h / ratio)))
+
+    def apply(self, im: Image.Image) -> Image.Image:
+        """Resize a decoded image (in its own mode) to :attr:`size`."""
+        tw, th = self.size
+        sw, sh = self.scaled_size(im.size)
+        if (sw, sh) != im.size:
+            im = im.resize((sw, sh), INTERPOLATIONS[self.interpolation])
+        if self.mode == "crop" and (sw, sh) != (tw, th):
+            left, top = int(round((sw - tw) / 2.0)), int(round((sh - th) / 2.0))
+            im = im.crop((left, top, left + tw, top + th))
+        elif self.mode == "pad" and (sw, sh) != (tw, th):
+            fill = self.pad_value if len(im.getbands()) == 1 else (self.pad_value,) * len(im.getbands())
+            canvas = Image.new(im.mode, (tw, th), fill)
+            canvas.paste(im, ((tw - sw) // 2, (th - sh) // 2))
+            im = canvas
+        return im
+
+    def describe(self) -> dict:
+        """What a stats document and the HDF5 attributes record of it."""
+        return {"size": list(self.size), "resize_mode": self.mode, "interpolation": self.interpolation,
+                "pad_value": self.pad_value if self.mode == "pad" else None, "draft": self.draft}

@@ -6,6 +6,7 @@ into text and pictures.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import Counter
 
@@ -31,13 +32,17 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
         raise OptionError("--plot draws the values stored in an HDF5 file; give an .h5 file", option="--plot")
     with OutputSet(force, inputs={"PATH": path}) as outputs:
         plot_out = outputs.add(plot, "--plot", what="the plot") if plot is not None else None
+        fmt = report.plot_format(plot) if plot is not None else None
+        if plot is not None and importlib.util.find_spec("matplotlib") is None:
+            raise OptionError("--plot draws with matplotlib, which is not installed: pip install 'imgnorm[plot]'",
+                              option="--plot")
         if kind == "hdf5":
             facts = describe_h5(path, show_progress=show_progress)
             text = report.format_h5(facts)
             if plot_out is not None:
                 from .pipeline import stored_histograms
                 hist = stored_histograms(facts, PLOT_BINS, show_progress=show_progress)
-                outputs.set_content(plot_out, report.draw_histograms(facts, hist))
+                outputs.set_content(plot_out, report.draw_histograms(facts, hist, fmt))
                 outputs.commit()
                 text += f"\n\nhistograms: {plot}"
             return text, facts

@@ -67,8 +67,10 @@ class OutputSet:
     :meth:`commit` inside the block to put every output in place.
     """
 
-    def __init__(self, force: bool = False, inputs: dict[str, str | None] | None = None):
+    def __init__(self, force: bool = False, inputs: dict[str, str | None] | None = None, *,
+                 dry_run: bool = False):
         self.force = force
+        self.dry_run = dry_run  # check the paths only: no temporary file is made
         self.inputs = {what: _identity_of(path) for what, path in (inputs or {}).items()}
         self.outputs: list[Output] = []
         self._scratch: list[tuple[str, int]] = []  # (path, fd) of temporaries that never become outputs
@@ -98,7 +100,12 @@ class OutputSet:
             if other._identity == out._identity:
                 raise OptionError(f"{other.option} and {option} both name {show_path(path)}; give each output "
                                   "its own file", option=option)
-        if not out.stream:
+        if not out.stream and self.dry_run:
+            folder = os.path.dirname(out.target)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OptionError(f"cannot create a file in {show_path(folder)} (Permission denied); choose a "
+                                  "folder you can write to", option=option)
+        elif not out.stream:
             out.tmp, out._fd = self._make_temp(out.target, option)
         self.outputs.append(out)
         return out

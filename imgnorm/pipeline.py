@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def _executor(source: Source, names: list[str], workers: int | None, batch_size:
 
 def compute_stats(source: Source, *, split: str | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
                   workers: int | None = None, on_error: str = "fail", show_progress: bool = False,
-                  output: str | None = None, force: bool = False, executor=None) -> dict:
+                  output: str | None = None, force: bool = False, dry_run: bool = False, executor=None) -> dict:
     """Statistics of every split of ``source`` (or of one), as a stats document.
 
     Parameters
@@ -129,6 +130,9 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
     output : str, optional
         Also write the document there (JSON; ``-`` for standard output),
         checked before any image is read and replaced only with ``force``.
+    dry_run : bool
+        Check ``output`` and count the images, read none: returns the splits
+        and their image counts.
 
     Returns
     -------
@@ -137,8 +141,11 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
         pixel counts and global and per-channel count, mean, var, std, min, max.
     """
     names = [source.split(split).name] if split else list(source.splits)
-    with OutputSet(force, inputs={"SOURCE": source.path}) as outputs:
+    with OutputSet(force, inputs={"SOURCE": source.path}, dry_run=dry_run) as outputs:
         out = outputs.add(output, "-o", what="the stats document") if output is not None else None
+        if dry_run:
+            return {"dry_run": True, "output": output, "splits": {n: {"images": len(source.splits[n])}
+                                                                   for n in names}}
         with executor or _executor(source, names, workers, batch_size) as ex:
             rows = {n: batch_rows(source.splits[n], batch_size) for n in names}
             tasks = shards(source, names, rows, parallel=ex.parallel)
@@ -151,7 +158,8 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
         fit = source.fit_split if source.fit_split in results else names[0]
         doc = stats_document(source=source.name, color=source.color, channels=source.channels,
                              max_value=source.max_value, splits=results, fit_split=fit,
-                             skipped=_stored(source, list(source.skipped) + [s for n in names for s in skipped[n]]))
+                             skipped=_stored(source, list(source.skipped) + [s for n in names for s in skipped[n]]),
+                             extra={"read": source.reading()})
         if out is not None:
             outputs.set_content(out, document_bytes(doc))
             outputs.commit()
@@ -217,6 +225,16 @@ class WritePlan:
                 if split.files is not None else 0
         return total + total // 50
 
+    def summary(self) -> dict:
+        """What the run would write, for ``--dry-run``: splits, counts, shapes, sizes."""
+        def stored(name):
+            h, w, c = self.shapes[name]
+            return [len(self.source.splits[name])] + ([h, w, c] if self.layout == "nhwc" else [c, h, w])
+
+        return {"splits": {n: {"images": len(self.source.splits[n]), "shape": stored(n)} for n in self.names},
+                "fit_split": self.fit_split, "fits": self.fit, "dtype": self.dtype.name, "layout": self.layout,
+                "compression": self.compression, "max_bytes": self.bound, "pixel_cache_bytes": self.cache_bytes}
+
     @property
     def cache_bytes(self) -> int:
         """Decoded pixels of the fit split kept between its two passes (0: read it again)."""
@@ -230,7 +248,7 @@ class WritePlan:
 
 def plan_write(source: Source, scaler: Scaler, *, splits: list[str] | None = None, fit_split: str | None = None,
                dtype: str = "float32", layout: str = "nhwc", compression: str = "none",
-               batch_size: int | None = None, on_error: str = "fail") -> WritePlan:
+               batch_size: int | None = None, on_error: str = "fail", force_stats: bool = False) -> WritePlan:
     """Check the options against the source and decide names, shapes and the fit split.
 
     Reads image headers (to know the output's shapes and size), never pixels.
@@ -249,7 +267,7 @@ def plan_write(source: Source, scaler: Scaler, *, splits: list[str] | None = Non
     if loaded and fit_split is not None:
         raise OptionError("--stats applies saved statistics; it cannot take --fit-split")
     max_value = scaler.max_value or source.max_value
-    _check_scaler_fits(source, scaler, max_value)
+    _check_scaler_fits(source, scaler, max_value, force_stats)
     if scaler.per_image and (scaler.method == "normalize" and not scaler.minmax
                              or scaler.method == "center" and scaler.unit):
         need_max_value(max_value)
@@ -264,10 +282,14 @@ def plan_write(source: Source, scaler: Scaler, *, splits: list[str] | None = Non
                      compression, batch_size, on_error, max_value)
 
 
-def _check_scaler_fits(source: Source, scaler: Scaler, max_value) -> None:
+def _check_scaler_fits(source: Source, scaler: Scaler, max_value, force_stats: bool = False) -> None:
     """A loaded stats document must describe pixels read like these."""
     if scaler._constants is not None:
         scaler._constants_fit(source.channels, max_value)  # one value per channel
+        if scaler._channel_order != source.channel_order:
+            raise OptionError(f"the constants are for {scaler._channel_order.upper()} pixels, {printable(source.path)}"
+                              f" is read as {source.channel_order.upper()}; make the Scaler with "
+                              f"channel_order={source.channel_order!r}", option="--channel-order")
         return
     doc = scaler._doc
     if doc is None:
@@ -279,6 +301,20 @@ def _check_scaler_fits(source: Source, scaler: Scaler, max_value) -> None:
     if want is not None and doc.get("max_value") != want:
         raise StatsFileError(f"the stats document is for pixels with max value {doc.get('max_value')}, "
                              f"{printable(source.path)} has {want}")
+    read = doc.get("read")
+    if isinstance(read, dict) and not force_stats:
+        here = source.reading()
+        for key in ("color", "channel_order", "size", "resize_mode", "interpolation", "pad_value", "draft"):
+            if key in read and read[key] != here[key]:
+                raise StatsFileError(f"the stats document is for pixels read with {key} {_shown(read[key])}, "
+                                     f"{printable(source.path)} is read with {key} {_shown(here[key])}; read "
+                                     "them alike, or pass --force-stats to apply it anyway")
+
+
+def _shown(v) -> str:
+    if isinstance(v, list) and len(v) == 2:
+        return f"{v[0]}x{v[1]}"
+    return "none" if v is None else str(v)
 
 
 def image_shape(source: Source, split: Split, on_error: str = "fail") -> tuple[int, int, int]:
@@ -318,7 +354,8 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
                       layout: str = "nhwc", compression: str = "none", force: bool = False,
                       stats_out: str | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
                       workers: int | None = None, on_error: str = "fail", show_progress: bool = False,
-                      inputs: dict[str, str] | None = None, executor=None) -> dict:
+                      force_stats: bool = False, inputs: dict[str, str] | None = None, dry_run: bool = False,
+                      executor=None) -> dict:
     """Scale every split of ``source`` with ``scaler`` and write them to the HDF5 file ``output``.
 
     Parameters
@@ -333,8 +370,14 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         Write only these splits.
     stats_out : str, optional
         Also write the stats document of the data read.
+    force_stats : bool
+        Apply a loaded stats document even if it was made from pixels read
+        otherwise (another size, colour, resize mode...).
     inputs : dict, optional
         Other files the run reads (``{"--stats": path}``): an output naming one is refused.
+    dry_run : bool
+        Check the outputs and plan the run (image headers only), write nothing:
+        returns :meth:`WritePlan.summary`.
 
     Returns
     -------
@@ -343,11 +386,14 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         read; ``applied``, the document applied; ``warnings``; ``skipped`` images.
     """
     scaler = scaler if isinstance(scaler, Scaler) else Scaler(scaler)
-    with OutputSet(force, inputs={"SOURCE": source.path, **(inputs or {})}) as outputs:
+    with OutputSet(force, inputs={"SOURCE": source.path, **(inputs or {})}, dry_run=dry_run) as outputs:
         out = outputs.add(output, "-o", seekable=True, what="HDF5 output")
         doc_out = outputs.add(stats_out, "--stats-out", what="the stats document") if stats_out is not None else None
         plan = plan_write(source, scaler, splits=splits, fit_split=fit_split, dtype=dtype, layout=layout,
-                          compression=compression, batch_size=batch_size, on_error=on_error)
+                          compression=compression, batch_size=batch_size, on_error=on_error,
+                          force_stats=force_stats)
+        if dry_run:
+            return {"output": output, "stats_out": stats_out, "dry_run": True, **plan.summary()}
         read = list(dict.fromkeys(plan.names + ([plan.fit_split] if plan.fit else [])))
         with executor or _executor(source, read, workers, batch_size) as ex:
             try:
@@ -358,7 +404,10 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         if doc_out is not None:
             outputs.set_content(doc_out, document_bytes(result["stats"]))
         outputs.commit()
-    result["output"] = output
+    result.update(output=output, stats_out=stats_out, bytes=os.path.getsize(out.target),
+                  shapes={n: s["shape"] for n, s in plan.summary()["splits"].items()})
+    for name, rows in result["rows"].items():  # fewer rows than planned when images were skipped
+        result["shapes"][name][0] = rows
     return result
 
 
@@ -480,29 +529,28 @@ def _finish(plan: WritePlan, scaler: Scaler, writer, state: _WriteState) -> dict
     doc = stats_document(source=source.name, color=source.color, channels=source.channels,
                          max_value=plan.max_value, splits={n: results[n] for n in source.splits if n in results},
                          fit_split=plan.fit_split if plan.fit_split in results else plan.names[0],
-                         skipped=_stored(source, state.skipped))
+                         skipped=_stored(source, state.skipped), extra={"read": source.reading()})
+    options = _options_attr(plan, scaler, scaling)
     writer.set_attrs(stats=json.dumps(applied or doc), class_names=source.class_names, method=scaler.method,
-                     options=_options_attr(plan, scaler, scaling), source=printable(source.name),
+                     options=options, source=printable(source.name),
                      imgnorm_version=__version__,
                      skipped=[{"file": f, "reason": r} for f, r in _stored(source, state.skipped)] or None)
     return {"rows": state.rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
-            "skipped": state.skipped}
+            "skipped": state.skipped, "options": options}
 
 
 def _options_attr(plan: WritePlan, scaler: Scaler, scaling) -> dict:
     """Every option of the run, for the ``options`` attribute."""
-    split = plan.source.splits[plan.names[0]]
     options = {"per_channel": scaler.per_channel, "per_image": scaler.per_image, "minmax": scaler.minmax,
                "unit": scaler.unit, "clip_rescale": scaler.clip_rescale, "epsilon": scaler.epsilon or 0.0,
                "fit_split": plan.fit_split,
                "stats": scaler._preset or ("constants" if scaler._constants else None)
                or ("file" if scaler._doc is not None else None),
                "max_value": plan.max_value, "dtype": plan.dtype.name, "layout": plan.layout,
-               "compression": plan.compression, "color": plan.source.color,
-               "size": list(split.size) if getattr(split, "size", None) else None}
-    if scaling is not None:
-        options["offset"] = scaling.offset.tolist()
-        options["scale"] = scaling.scale.tolist()
+               "compression": plan.compression, **plan.source.reading()}
+    if scaling is not None:  # y = (x - offset) / scale on the pixels' scale
+        options["offset"] = scaling.data_offset.tolist()
+        options["scale"] = scaling.data_scale.tolist()
     return options
 
 
@@ -539,24 +587,55 @@ def stored_stats(info: dict, *, show_progress: bool = False) -> dict:
 
 
 def stored_histograms(info: dict, bins: int, *, show_progress: bool = False) -> dict:
-    """Per split: ``(edges, counts)``, counts of shape (channels, bins) over the
-    split's stored range (``info["check"]`` from :func:`stored_stats`)."""
+    """Per split: ``(edges, counts)`` of the stored values, ``edges`` of shape
+    (channels, n + 1) and ``counts`` (channels, n).
+
+    Values scaled feature-wise from integer pixels get one bin per pixel level
+    (each level maps to one stored value: the level is found again from the
+    recorded offset and scale); others get ``bins`` equal bins over the
+    split's stored range (``info["check"]`` from :func:`stored_stats`).
+    """
     out = {}
+    levels = _level_scaling(info)
     for name, c in info["check"].items():
         lo, hi = c["global"]["min"], c["global"]["max"]
         if lo is None:
             continue
-        hi = hi if hi > lo else lo + 1
         ch = len(c["per_channel"]["mean"])
-        counts = np.zeros((ch, bins), np.int64)
+        if levels is not None:
+            n, offset, scale = levels
+            edges = (np.arange(n + 1)[None, :] - 0.5 - offset[:, None]) / scale[:, None]
+        else:
+            hi = hi if hi > lo else lo + 1
+            n, edges = bins, np.tile(np.linspace(lo, hi, bins + 1), (ch, 1))
+        counts = np.zeros((ch, n), np.int64)
         with progress(info["splits"][name]["shape"][0], f"histogram {name}", show_progress) as bar:
             for block in _stored_blocks(info, name):
                 flat = block.reshape(-1, ch)
                 for k in range(ch):
-                    counts[k] += np.histogram(flat[:, k], bins=bins, range=(lo, hi))[0]
+                    if levels is not None:
+                        level = np.rint(flat[:, k].astype(np.float64) * scale[k] + offset[k]).astype(np.int64)
+                        counts[k] += np.bincount(np.clip(level, 0, n - 1), minlength=n)
+                    else:
+                        counts[k] += np.histogram(flat[:, k], bins=n, range=(lo, hi))[0]
                 bar.update(len(block))
-        out[name] = (np.linspace(lo, hi, bins + 1), counts)
+        out[name] = (edges, counts)
     return out
+
+
+def _level_scaling(info: dict):
+    """``(levels, offset, scale)`` when every stored value is one pixel level's, else None."""
+    opts = info["attrs"].get("options") or {}
+    top = opts.get("max_value")
+    if opts.get("per_image") or opts.get("clip_rescale") or "offset" not in opts or top not in (255, 65535):
+        return None
+    if top == 65535 and opts.get("dtype") == "float16":  # float16 cannot tell 65,536 levels apart
+        return None
+    dtype = ((info["attrs"].get("stats") or {}).get("splits", {}).get(opts.get("fit_split") or "", {})
+             .get("sums", {}).get("dtype"))
+    if dtype not in (None, "uint8", "uint16"):
+        return None
+    return int(top) + 1, np.asarray(opts["offset"], dtype=np.float64), np.asarray(opts["scale"], dtype=np.float64)
 
 
 class PixelCache:

@@ -51,6 +51,33 @@ def format_stats(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def format_plan(plan: dict) -> str:
+    """What ``--dry-run`` prints: the outputs, splits, counts, shapes and sizes of a run not made."""
+    lines = ["dry run: nothing was read or written"]
+    if plan.get("output"):
+        lines.append(f"output: {plan['output']}" + (f"  (at most {_bytes(plan['max_bytes'])})"
+                                                    if "max_bytes" in plan else ""))
+    if plan.get("stats_out"):
+        lines.append(f"stats document: {plan['stats_out']}")
+    for name, s in plan["splits"].items():
+        shape = f", stored as {'x'.join(map(str, s['shape']))} {plan['dtype']}" if "shape" in s else ""
+        lines.append(f"split {name}: {s['images']:,} images{shape}")
+    if "fits" in plan:
+        fit = plan["fit_split"]
+        lines.append(f"statistics: {'fitted on split ' + fit if plan['fits'] else 'given' if fit else 'per image'}"
+                     + (f"; decoded pixels kept between passes: {_bytes(plan['pixel_cache_bytes'])}"
+                        if plan.get("pixel_cache_bytes") else ""))
+    return "\n".join(lines)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 # ---------------------------------------------------------------- inspect
 
 
@@ -123,44 +150,57 @@ def format_source(doc: dict) -> str:
     return "\n".join(lines)
 
 
-_PLOT_COLORS = {"R": (220, 50, 47), "G": (60, 160, 60), "B": (38, 110, 210)}
+PLOT_FORMATS = ("png", "svg", "pdf")
+_PLOT_COLORS = {"R": "#dc322f", "G": "#3ca03c", "B": "#266ed2", "L": "#444444"}
 
 
-def draw_histograms(info: dict, hist: dict) -> bytes:
-    """A PNG with one panel per split: histograms of the stored values per channel.
+def plot_format(path: str) -> str:
+    """The picture format of ``--plot FILE``, from its extension (png, svg or pdf)."""
+    from .errors import OptionError
 
-    ``hist`` maps split names to ``(edges, counts)`` with counts (channels, bins).
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    if path == "-":
+        return "png"
+    if ext not in PLOT_FORMATS:
+        raise OptionError(f"{path}: the picture format comes from the extension; use .png, .svg or .pdf",
+                          option="--plot")
+    return ext
+
+
+def draw_histograms(info: dict, hist: dict, fmt: str = "png") -> bytes:
+    """Histograms of the stored values: one panel per split, one line per channel.
+
+    ``hist`` maps split names to ``(edges, counts)`` with edges (channels,
+    n + 1) and counts (channels, n). Drawn with matplotlib (``imgnorm[plot]``),
+    without pyplot: no global state, no display needed.
     """
     import io
 
-    from PIL import Image, ImageDraw
-
-    W, H, pad = 760, 220, 50
-    names = list(info["splits"])
+    from .errors import OptionError
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise OptionError("--plot draws with matplotlib, which is not installed: pip install 'imgnorm[plot]'",
+                          option="--plot") from None
+    names = [n for n in info["splits"] if n in hist]
     color = (info["attrs"].get("stats") or {}).get("color", "keep")
-    img = Image.new("RGB", (W, H * len(names)), "white")
-    d = ImageDraw.Draw(img)
-    for row, name in enumerate(names):
-        if name not in hist:
-            continue
-        c = info["check"][name]
+    opts = info["attrs"].get("options") or {}
+    fig = Figure(figsize=(8, 2.8 * max(1, len(names))), layout="constrained")
+    axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names):
         edges, counts = hist[name]
-        lo, hi = c["global"]["min"], c["global"]["max"]
-        ch, bins = counts.shape
-        top = H * row
-        x0, x1, y0, y1 = pad, W - 20, top + 30, top + H - 30
-        d.text((pad, top + 8), f"/{name}/x  mean {c['global']['mean']:.4g}  std {c['global']['std']:.4g}",
-               fill="black")
-        d.rectangle((x0, y0, x1, y1), outline=(120, 120, 120))
-        peak = max(int(counts.max()), 1)
-        cn = channel_names(color, ch)
-        for k in range(ch):
-            col = _PLOT_COLORS.get(cn[k], (60, 60, 60))
-            pts = [(x0 + (x1 - x0) * (i + 0.5) / bins, y1 - (y1 - y0) * counts[k, i] / peak) for i in range(bins)]
-            d.line(pts, fill=col, width=2)
-            d.text((x1 - 30 * (ch - k), top + 8), cn[k], fill=col)
-        d.text((x0, y1 + 4), f"{lo:.4g}", fill="black")
-        d.text((x1 - 40, y1 + 4), f"{hi:.4g}", fill="black")
+        c = info["check"][name]
+        for k, label in enumerate(channel_names(color, counts.shape[0])):
+            ax.stairs(counts[k], edges[k], label=label, color=_PLOT_COLORS.get(label), linewidth=1.2)
+        ax.set_title(f"/{name}/x: {info['splits'][name]['shape'][0]:,} images, mean {c['global']['mean']:.4g}, "
+                     f"std {c['global']['std']:.4g}", fontsize=10)
+        ax.set_xlabel("stored value" + (" (one bin per pixel level)" if edges.shape[1] - 1 in (256, 65536) else ""))
+        ax.set_ylabel("pixels")
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+        ax.legend(title="channel", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{info['path']}: {info['attrs'].get('method')}"
+                 + (f", {opts.get('dtype')}" if opts.get("dtype") else ""), fontsize=11)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    fig.savefig(buf, format=fmt, dpi=100)
     return buf.getvalue()

@@ -52,6 +52,7 @@ class Split:
     name: str
     labels: np.ndarray | None = None  # (n_images,) integer labels, known before reading
     files: list[str] | None = None
+    bgr: bool = False  # hand out RGB pixels in BGR order (--channel-order bgr)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -108,6 +109,8 @@ class Source:
         # (path, reason): passed over while listing and worth reporting (a symlink
         # loop, an unreadable folder under --on-error skip), recorded in outputs
         self.skipped = skipped or []
+        self.channel_order = "rgb"
+        self.given_name: str | None = None
         # (path, reason): what the layout rules leave out (hidden, not an image)
         self.ignored = ignored or []
 
@@ -115,7 +118,7 @@ class Source:
     def name(self) -> str:
         """The source as given (normalized, not made absolute), as documents and
         outputs record it: the same run gives the same bytes on any machine."""
-        return os.path.normpath(self.path)
+        return self.given_name if self.given_name is not None else os.path.normpath(self.path)
 
     def stored_name(self, path: str) -> str:
         """An image file of this source as ``/files`` records it: relative to the
@@ -127,6 +130,16 @@ class Source:
     def reached_name(self, stored: str) -> str:
         """The path of a file recorded by :meth:`stored_name`, as the source was given."""
         return os.path.join(self.path, stored) if self.kind == "folder" else self.path
+
+    def reading(self) -> dict:
+        """How the pixels are read, as documents and HDF5 attributes record it."""
+        split = next(iter(self.splits.values()), None)
+        resize = getattr(split, "resize", None)
+        out = {"color": self.color, "channel_order": self.channel_order, "size": None, "resize_mode": None,
+               "interpolation": None, "pad_value": None, "draft": False}
+        if resize is not None:
+            out.update(resize.describe())
+        return out
 
     @property
     def decodes(self) -> bool:
@@ -160,7 +173,9 @@ def check_color(color: str) -> str:
 
 
 def open_source(path: str | os.PathLike, *, color: str | None = None,
-                size: tuple[int, int] | None = None, on_error: str = "fail") -> Source:
+                size: int | tuple[int, int] | None = None, resize_mode: str = "stretch",
+                interpolation: str = "bilinear", pad_value: int = 0, draft: bool = False,
+                channel_order: str = "rgb", on_error: str = "fail", name: str | None = None) -> Source:
     """Open a dataset for reading.
 
     Parameters
@@ -169,11 +184,27 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
         A folder of images, an ``.npz`` / ``.npy`` file or one image file.
     color : {"rgb", "gray", "keep"}, optional
         For images; default ``rgb``.  Arrays are read as stored (``keep``).
-    size : (width, height), optional
-        Resize images to this size; arrays cannot be resized.
+    size : (width, height) or int, optional
+        Bring every image to this size (an int: square) with Pillow's resize
+        of the fully decoded image; arrays cannot be resized.
+    resize_mode : {"stretch", "crop", "pad"}
+        ``stretch`` to the size; ``crop``: scale to cover it, cut the centre
+        (torchvision's ``Resize`` + ``CenterCrop``); ``pad``: scale to fit,
+        pad around (letterbox) with ``pad_value``. See :class:`imgnorm.decode.Resize`.
+    interpolation : {"bilinear", "nearest", "bicubic", "lanczos", "box", "hamming"}
+        Pillow's filter (Keras' names; Keras' own default is nearest).
+    draft : bool
+        Shrink JPEGs by a power of two while decoding: faster, pixels slightly
+        different from a full decode.
+    channel_order : {"rgb", "bgr"}
+        ``bgr`` hands out the three channels reversed (Caffe-style models);
+        statistics computed on them follow.
     on_error : {"fail", "skip"}
         A folder or file that cannot be listed: stop, or leave it out and
         record it in :attr:`Source.skipped`.
+    name : str, optional
+        How documents and outputs record the source (default: ``path`` as
+        given, normalized).
 
     Returns
     -------
@@ -184,18 +215,41 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
         arrays), or a list of (height, width, channels) arrays when sizes differ.
     """
     path = os.fspath(path)
+    if channel_order not in ("rgb", "bgr"):
+        raise OptionError(f"channel order {channel_order!r} is not one of rgb, bgr", option="--channel-order")
+    src = _open(path, color, size, resize_mode, interpolation, pad_value, draft, on_error)
+    if channel_order == "bgr":
+        if src.channels != 3:
+            raise OptionError(f"--channel-order bgr reverses three colour channels; {path} is read with "
+                              f"{src.channels}", option="--channel-order")
+        for split in src.splits.values():
+            split.bgr = True
+    src.channel_order = channel_order
+    src.given_name = name
+    return src
+
+
+def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, on_error) -> Source:
+    resize = None
+    if size is not None:
+        from .decode import Resize
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        resize = Resize(size, resize_mode, interpolation, pad_value, draft)
+    elif draft or resize_mode != "stretch" or interpolation != "bilinear" or pad_value:
+        raise OptionError("--resize-mode, --interpolation, --pad-value and --draft apply with --size",
+                          option="--size")
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or folder")
     if os.path.isdir(path):
-        return _open_folder(path, check_color(color or "rgb"), size, on_error)
+        return _open_folder(path, check_color(color or "rgb"), resize, on_error)
     lower = path.lower()
     if lower.endswith(ARRAY_EXTENSIONS):
-        if size is not None:
+        if resize is not None:
             raise OptionError(f"{path}: --size resizes image files; arrays are read as stored", option="--size")
         return _open_array_file(path, color)
     if lower.endswith(IMAGE_EXTENSIONS):
         color = check_color(color or "rgb")
-        split = FolderSplit("all", [path], None, color, size)
+        split = FolderSplit("all", [path], None, color, resize)
         channels, dtype = _probe_pixels([path], color)
         split.pixels = (channels, dtype)
         return Source(path, {"all": split}, kind="image", color=color, channels=channels, dtype=dtype)
@@ -210,23 +264,30 @@ class FolderSplit(Split):
     """Image files, decoded one by one with :func:`imgnorm.decode.decode`."""
 
     def __init__(self, name: str, files: list[str], labels: np.ndarray | None,
-                 color: str, size: tuple[int, int] | None):
+                 color: str, resize=None):
         self.name = name
         self.files = files
         self.labels = labels
         self.color = color
-        self.size = size
+        self.resize = resize  # imgnorm.decode.Resize or None
         self.pixels: tuple[int, np.dtype] | None = None  # (channels, dtype) every image must have
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) every image is resized to, or None."""
+        return self.resize.size if self.resize is not None else None
 
     def read(self, start: int, stop: int, on_error: str = "fail", visit=None, keep: bool = True) -> Batch:
         from .decode import decode  # imported here: array sources never load Pillow
         images, kept, skipped = [], [], []
         for i in range(start, stop):
             try:
-                a = decode(self.files[i], self.color, self.size)
+                a = decode(self.files[i], self.color, self.resize)
+                if self.bgr:
+                    a = np.ascontiguousarray(a[:, :, ::-1])
                 if self.pixels is not None and (a.shape[2], a.dtype) != self.pixels:
                     c, t = self.pixels
                     raise ImageError(self.files[i], f"has {a.shape[2]} channel(s) of {a.dtype}, but the first "
@@ -350,7 +411,7 @@ class _Walk:
         return out
 
 
-def _open_folder(path: str, color: str, size: tuple[int, int] | None, on_error: str = "fail") -> Source:
+def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Source:
     walk = _Walk(on_error)
     root = walk.root(path)
     loose, subdirs = walk.entries(root)
@@ -391,7 +452,7 @@ def _open_folder(path: str, color: str, size: tuple[int, int] | None, on_error: 
         else:  # no subfolders anywhere: the images in the split folder itself, unlabelled
             images, lab = files, None
         found[name] = images
-        splits[name] = FolderSplit(name, [f for f, _ in images], lab, color, size)
+        splits[name] = FolderSplit(name, [f for f, _ in images], lab, color, resize)
     _check_leakage(found)
     n_images = sum(len(s) for s in splits.values())
     if n_images == 0:
@@ -478,6 +539,8 @@ class ArraySplit(Split):
         x = self._x.read(start, stop)
         if self._add_channel:
             x = x[..., None]
+        if self.bgr:
+            x = np.ascontiguousarray(x[..., ::-1])
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = start + int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0, 0])
             raise SourceError(f"{self._x.where}: image {bad} holds NaN or infinity; "

@@ -41,8 +41,7 @@ class H5Writer:
         # A chunk cache of several chunks: a batch size given by the user (or
         # compressed output) need not end on a chunk boundary, and a chunk
         # evicted half-written is written twice.
-        self._ds: dict[str, dict[str, h5py.Dataset]] = {}
-        self._rows: dict[str, int] = {}
+        self._ds: dict[str, dict[str, _Appender]] = {}
         # locking=False: the file is this run's own temporary, held under
         # imgnorm's lock (outputs.py); HDF5's own lock on it would conflict.
         self.f = h5py.File(path, "w", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_w0=1.0, rdcc_nslots=10007, locking=False)
@@ -81,48 +80,22 @@ class H5Writer:
                                        chunks=(max(1, min(n, 65536)),))
         if files is not None:
             ds["files"] = _files_dataset(g, n, files)
-        self._ds[name] = ds
-        self._rows[name] = 0
+        self._ds[name] = {k: _Appender(d, direct=k == "x" and self.compression == "none") for k, d in ds.items()}
 
     def write(self, name: str, x: np.ndarray, labels=None, files=None) -> None:
-        """Append a batch ``x`` of shape (n, height, width, channels), already scaled."""
+        """Append a batch ``x`` of shape (n, height, width, channels), already scaled,
+        with its labels and file names."""
         ds = self._ds[name]
-        a = self._rows[name]
-        b = a + len(x)
-        if b > ds["x"].shape[0]:
-            for d in ds.values():
-                d.resize(b, axis=0)
-        x = x if self.layout == "nhwc" else x.transpose(0, 3, 1, 2)
-        a_direct, b_direct = a, a
-        if self.compression == "none" and x.dtype == self.dtype and x.flags.c_contiguous:
-            # Whole chunks inside the batch go straight to the file: no filter
-            # to run, and no copy through HDF5's chunk cache. The rows before
-            # and after them (partial chunks) take the usual path.
-            chunk_n = ds["x"].chunks[0]
-            a_direct = min(-(-a // chunk_n) * chunk_n, b)
-            b_direct = max(a_direct, b // chunk_n * chunk_n)
-            for r in range(a_direct, b_direct, chunk_n):
-                self._write_chunk(ds["x"], r, x[r - a:r - a + chunk_n])
-        if a < a_direct:
-            ds["x"][a:a_direct] = x[:a_direct - a]
-        if b_direct < b:
-            ds["x"][b_direct:b] = x[b_direct - a:]
+        ds["x"].append(x if self.layout == "nhwc" else x.transpose(0, 3, 1, 2))
         if labels is not None and "y" in ds:
-            ds["y"][a:b] = labels
+            ds["y"].append(np.asarray(labels))
         if files is not None and "files" in ds:
-            ds["files"][a:b] = np.array([os.fsencode(f) for f in files], dtype=ds["files"].dtype)
-        self._rows[name] = b
-
-    @staticmethod
-    def _write_chunk(d, row: int, x: np.ndarray) -> None:
-        d.id.write_direct_chunk((row,) + (0,) * (x.ndim - 1), x)
+            ds["files"].append(np.array([os.fsencode(f) for f in files], dtype=ds["files"].d.dtype))
 
     def finish_split(self, name: str) -> int:
-        """Trim the split to the rows written (fewer when images were skipped)."""
-        for d in self._ds[name].values():
-            if d.shape[0] != self._rows[name]:
-                d.resize(self._rows[name], axis=0)
-        return self._rows[name]
+        """Write what is left and trim the split to the rows written (fewer when images were skipped)."""
+        rows = [a.finish() for a in self._ds[name].values()]
+        return rows[0]
 
     def set_attrs(self, **attrs) -> None:
         for k, v in attrs.items():
@@ -154,6 +127,62 @@ class H5Writer:
             self.close()
         else:
             self.abort()
+
+
+class _Appender:
+    """Rows appended to a chunked dataset, handed to HDF5 one whole chunk at a
+    time, in row order (the last chunk partial).
+
+    So the file's bytes do not depend on how the rows were batched (batch
+    size, workers): HDF5 places chunks in the order they are first written.
+    Whole uncompressed chunks go straight to the file (``write_direct_chunk``:
+    no filter to run, no copy through HDF5's chunk cache); rows that do not
+    fill a chunk wait in a one-chunk buffer.
+    """
+
+    def __init__(self, d: h5py.Dataset, direct: bool):
+        self.d = d
+        self.n = d.chunks[0]
+        self.direct = direct
+        self.row = 0  # rows handed to HDF5
+        self.buf = np.empty((self.n,) + d.shape[1:], d.dtype)
+        self.fill = 0  # rows waiting in buf
+
+    def append(self, x: np.ndarray) -> None:
+        i = 0
+        if self.fill:  # complete the waiting chunk first
+            i = min(self.n - self.fill, len(x))
+            self.buf[self.fill:self.fill + i] = x[:i]
+            self.fill += i
+            if self.fill == self.n:
+                self._write(self.buf)
+                self.fill = 0
+        whole = (len(x) - i) // self.n * self.n
+        for r in range(i, i + whole, self.n):
+            self._write(x[r:r + self.n])
+        rest = len(x) - i - whole
+        if rest:
+            self.buf[:rest] = x[i + whole:]
+            self.fill = rest
+
+    def _write(self, chunk: np.ndarray) -> None:
+        if self.row + len(chunk) > self.d.shape[0]:
+            self.d.resize(self.row + len(chunk), axis=0)
+        if self.direct and len(chunk) == self.n:
+            chunk = np.ascontiguousarray(chunk, dtype=self.d.dtype)
+            self.d.id.write_direct_chunk((self.row,) + (0,) * (chunk.ndim - 1), chunk)
+        else:
+            self.d[self.row:self.row + len(chunk)] = chunk
+        self.row += len(chunk)
+
+    def finish(self) -> int:
+        """Write the last, partial chunk; trim the dataset to the rows written."""
+        if self.fill:
+            self._write(self.buf[:self.fill])
+            self.fill = 0
+        if self.d.shape[0] != self.row:
+            self.d.resize(self.row, axis=0)
+        return self.row
 
 
 def _files_dataset(g, n: int, names: list[str]):

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - built without a C compiler
 METHODS = ("normalize", "center", "standardize")
 DTYPES = ("float32", "float16", "float64")
 LAYOUTS = ("nhwc", "nchw")  # Keras, PyTorch
+CHANNEL_ORDERS = ("rgb", "bgr")
 COMPRESSIONS = ("none", "gzip", "lzf")
 
 # Channel statistics of ImageNet on the 0-1 scale, as torchvision's models use them.
@@ -35,6 +36,9 @@ PRESETS = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     # Inception / Keras' "tf" preprocessing: x / 127.5 - 1, i.e. mean 0.5, std 0.5: [-1, 1]
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # Keras' "caffe" preprocessing (VGG, ResNet50): the ImageNet mean in 0..255 subtracted,
+    # no division (std 1/255); use with --channel-order bgr
+    "caffe": ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255, 1 / 255, 1 / 255)),
 }
 
 
@@ -47,7 +51,9 @@ def check_writable_dtype(dtype: str) -> np.dtype:
 
 @dataclass
 class Scaling:
-    """What a method does to a pixel: ``(x - offset) / scale``.
+    """What a method does to a pixel: ``(x - offset) / scale``, or with a
+    ``divisor``, ``(x / divisor - offset) / scale`` (torchvision's
+    ``Normalize`` of ``ToTensor()``: constants given on the 0-1 scale).
 
     Attributes
     ----------
@@ -64,6 +70,7 @@ class Scaling:
     clip_rescale: bool = False
     warnings: list[str] = field(default_factory=list)
     _luts: dict = field(default_factory=dict, repr=False, compare=False)
+    divisor: float | None = None
 
     def apply(self, x: np.ndarray, dtype="float32") -> np.ndarray:
         """Scale a batch.
@@ -103,7 +110,10 @@ class Scaling:
         return self._direct(x, dtype)
 
     def _direct(self, x: np.ndarray, dtype) -> np.ndarray:
-        y = (x.astype(np.float64) - self.offset) / self.scale
+        xf = x.astype(np.float64)
+        if self.divisor is not None:
+            xf /= self.divisor
+        y = (xf - self.offset) / self.scale
         if self.clip_rescale:
             _clip_rescale(y)
         with np.errstate(over="ignore"):  # float16 overflow: Scaler.transform_batch checks and says so
@@ -121,7 +131,19 @@ class Scaling:
         """The largest absolute output for inputs in [lo, hi]."""
         if self.clip_rescale:
             return 1.0
+        if self.divisor is not None:
+            lo, hi = lo / self.divisor, hi / self.divisor
         return float(np.max(np.maximum(abs((lo - self.offset) / self.scale), abs((hi - self.offset) / self.scale))))
+
+    @property
+    def data_offset(self) -> np.ndarray:
+        """The offset on the pixels' own scale (``offset * divisor``)."""
+        return self.offset * self.divisor if self.divisor is not None else self.offset
+
+    @property
+    def data_scale(self) -> np.ndarray:
+        """The scale on the pixels' own scale (``scale * divisor``)."""
+        return self.scale * self.divisor if self.divisor is not None else self.scale
 
 
 def _safe_scale(scale: np.ndarray, names: list[str], what: str) -> tuple[np.ndarray, list[str]]:
@@ -311,7 +333,8 @@ class Scaler:
     def _reset(self) -> None:
         self.stats_ = None  # RunningStats of the pixels fitted on
         self._preset: str | None = None  # the name of known constants
-        self._constants: tuple | None = None  # (mean, std) per channel on the 0-1 scale
+        self._constants: tuple | None = None  # (mean, std) on the 0-1 scale, in the data's channel order
+        self._channel_order = "rgb"  # of the data the constants apply to (they are given in RGB order)
         self._doc: dict | None = None  # the stats document this scaler was loaded from
         self._shape3 = False  # fitted on (N, H, W): 3-D input is a batch of one-channel images
         self._scalings: dict = {}
@@ -332,7 +355,9 @@ class Scaler:
             args = [f"{k}={v!r}" for k, v in changed.items()]
             if self._preset:
                 return f"Scaler.preset({', '.join([repr(self._preset)] + args)})"
-            mean, std = self._constants
+            if self._channel_order != "rgb":
+                args.append(f"channel_order={self._channel_order!r}")
+            mean, std = self._given_constants()
             return f"Scaler.from_constants({', '.join([repr(list(mean)), repr(list(std))] + args)})"
         changed.pop("method", None)
         return f"Scaler({', '.join([repr(self.method)] + [f'{k}={v!r}' for k, v in changed.items()])})"
@@ -438,7 +463,17 @@ class Scaler:
         if name not in doc["splits"]:
             raise StatsFileError(f"the stats document has no split {name!r}; it has {', '.join(doc['splits'])}")
         if is_constants(doc):
+            entry = doc["splits"][name]
+            unit = entry.get("unit_scale") if isinstance(entry.get("unit_scale"), dict) else None
+            if unit is not None:  # written by imgnorm: the constants exactly as given
+                mean, std = unit["mean"], unit["std"]
+            else:  # an older document: back from the pixel scale
+                mv = float(need_max_value(doc.get("max_value")))
+                mean = [v / mv for v in entry["per_channel"]["mean"]]
+                std = [v / mv for v in entry["per_channel"]["std"]]
             self.per_channel = True
+            self._constants = (tuple(mean), tuple(std))
+            self._channel_order = doc.get("channel_order", "rgb")
         else:
             self.fit_stats(doc["splits"][name])
         self._doc = doc if name == doc["fit_split"] else dict(doc, fit_split=name)
@@ -478,9 +513,19 @@ class Scaler:
         return self
 
     @classmethod
-    def from_constants(cls, mean, std, **options) -> "Scaler":
-        """Given per-channel ``mean`` and ``std`` on the 0-1 scale (as torchvision's
-        ``Normalize`` takes them); always per channel."""
+    def from_constants(cls, mean, std, *, channel_order: str = "rgb", **options) -> "Scaler":
+        """Given per-channel ``mean`` and ``std`` on the 0-1 scale, in RGB order, as
+        torchvision's ``Normalize`` takes them; always per channel.
+
+        The values are ``(x / max_value - mean) / std`` computed in float64 and
+        rounded once: bit for bit ``Normalize`` of ``ToTensor()`` done in float64.
+        One value applies to every channel. ``channel_order="bgr"``: the data's
+        channels are in BGR order (``--channel-order bgr``), and the constants
+        follow them.
+        """
+        if channel_order not in CHANNEL_ORDERS:
+            raise OptionError(f"channel order {channel_order!r} is not one of {', '.join(CHANNEL_ORDERS)}",
+                              option="--channel-order")
         if options.get("per_image"):
             raise OptionError("--per-image uses each image's own statistics; it cannot take --mean/--std")
         mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
@@ -490,9 +535,18 @@ class Scaler:
         if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
             raise OptionError("--mean must be finite numbers and --std finite numbers > 0", option="--std")
         self = cls(**options)
+        if self.method == "normalize" and self.minmax:
+            raise OptionError("--minmax needs fitted minima and maxima; constants give a mean and std")
         self.per_channel = True
-        self._constants = (mean, std)
+        order = slice(None, None, -1) if channel_order == "bgr" else slice(None)
+        self._constants = (mean[order], std[order])
+        self._channel_order = channel_order
         return self
+
+    def _given_constants(self) -> tuple:
+        """The constants in RGB order, as they were given."""
+        order = slice(None, None, -1) if self._channel_order == "bgr" else slice(None)
+        return self._constants[0][order], self._constants[1][order]
 
     def to_stats(self, max_value: float | None = None) -> dict:
         """The stats document of what this Scaler applies, with its options under ``"scaler"``.
@@ -523,19 +577,37 @@ class Scaler:
     def _constants_document(self, max_value) -> dict:
         name = self._preset or "constants"
         channels = len(self._constants[0])
-        return {"format": "imgnorm.stats", "version": 1, "source": name, "color": "rgb" if channels == 3 else "keep",
-                "channels": channels, "max_value": max_value, "fit_split": name,
-                "splits": {name: self._constants_fit(channels, max_value)}}
+        doc = {"format": "imgnorm.stats", "version": 1, "source": name,
+               "color": "rgb" if channels == 3 else "keep", "channels": channels, "max_value": max_value,
+               "fit_split": name, "splits": {name: self._constants_fit(channels, max_value)}}
+        if self._channel_order != "rgb":
+            doc["channel_order"] = self._channel_order
+        return doc
 
-    def _constants_fit(self, channels: int, max_value) -> dict:
-        """The constants on the scale of the data (times max_value), as a split entry."""
+    def _constants_fit(self, channels: int | None, max_value) -> dict:
+        """The constants as a split entry: on the pixels' scale (times max_value), and as given."""
         mean, std = self._constants
-        if channels != len(mean):
+        if channels is not None and len(mean) == 1 and channels > 1:  # one value for every channel
+            mean, std = mean * channels, std * channels
+        if channels is not None and channels != len(mean):
             if self._preset:
                 raise StatsFileError(f"--stats {self._preset} is for RGB data; the data has {channels} channel(s)")
             raise StatsFileError(f"--mean/--std give {len(mean)} channel(s); the data has {channels}")
         m = float(need_max_value(max_value))
-        return {"per_channel": {"mean": [v * m for v in mean], "std": [v * m for v in std]}}
+        return {"per_channel": {"mean": [v * m for v in mean], "std": [v * m for v in std]},
+                "unit_scale": {"mean": list(mean), "std": list(std)}}
+
+    def _constants_scaling(self, dtype, channels: int) -> Scaling:
+        """The Normalize formula: ``(x / max_value - mean) / std`` per channel, in float64."""
+        entry = self._constants_fit(channels, self._max_value_for(dtype))
+        mean, std = (np.array(entry["unit_scale"][k], dtype=np.float64) for k in ("mean", "std"))
+        m = float(self._max_value_for(dtype))
+        if self.method == "normalize":
+            return Scaling(np.zeros(channels), np.full(channels, m))
+        if self.method == "center":
+            return Scaling(mean, np.ones(channels), divisor=m) if self.unit else \
+                Scaling(np.array(entry["per_channel"]["mean"]), np.ones(channels))
+        return Scaling(mean, std + (self.epsilon or 0.0) / m, self.clip_rescale, divisor=m)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -550,8 +622,8 @@ class Scaler:
         return self.stats_.to_dict()
 
     def _stat(self, key: str) -> np.ndarray:
-        if key in ("mean", "std") and (self._constants is not None or is_constants(self._doc)):
-            return np.array(self._fit_entry(None)["per_channel"][key], dtype=np.float64)
+        if key in ("mean", "std") and self._constants is not None:
+            return np.array(self._constants_fit(None, self.max_value_)["per_channel"][key], dtype=np.float64)
         e = self._entry()
         c = self.stats_.channels
         v = e["per_channel"][key] if self.per_channel else [e["global"][key]] * c
@@ -574,17 +646,26 @@ class Scaler:
             return self._doc["channels"]
         raise DataError(f"{self!r} has not been fitted; call fit() or partial_fit() first")
 
+    def _fixed_channels(self) -> int | None:
+        """The channel count the fitted or given statistics fix, or None (any: one value for all)."""
+        if self.stats_ is not None:
+            return self.stats_.channels
+        if self._constants is not None:
+            return len(self._constants[0]) if len(self._constants[0]) > 1 else None
+        return self._doc["channels"] if self._doc is not None else None
+
     @property
     def max_value_(self) -> float | None:
         return self._max_value_for(self.stats_.dtype if self.stats_ is not None else None)
 
     @property
     def offset_(self) -> np.ndarray:
-        return self.scaling().offset.copy()
+        """``y = (x - offset_) / scale_`` on the pixels' scale, shape (n_channels_,)."""
+        return self.scaling().data_offset.copy()
 
     @property
     def scale_(self) -> np.ndarray:
-        return self.scaling().scale.copy()
+        return self.scaling().data_scale.copy()
 
     def _max_value_for(self, dtype) -> float | None:
         if self.max_value is not None:
@@ -594,12 +675,8 @@ class Scaler:
         natural = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
         return natural.get(np.dtype(dtype)) if dtype is not None else (255 if self._constants else None)
 
-    def _fit_entry(self, dtype, channels: int | None = None) -> dict:
+    def _fit_entry(self) -> dict:
         """The statistics the scaling is made from: a stats document's split entry, or {} for none."""
-        if self._constants is not None:
-            return self._constants_fit(channels or len(self._constants[0]), self._max_value_for(dtype))
-        if is_constants(self._doc):
-            return self._doc["splits"][self._doc["fit_split"]]
         if self.method == "normalize" and not self.minmax:
             return {}
         return self._entry()
@@ -610,13 +687,14 @@ class Scaler:
         if self.per_image:
             raise DataError("per-image scaling has no fixed offset and scale: each image uses its own")
         dtype = np.dtype(dtype) if dtype is not None else (self.stats_.dtype if self.stats_ is not None else None)
-        if self.stats_ is not None or self._constants is not None or self._doc is not None:
-            channels = self.n_channels_
+        channels = self._fixed_channels() or channels
         key = (None if dtype is None else dtype.str, channels or 1)
+        if key not in self._scalings and self._constants is not None:
+            self._scalings[key] = self._constants_scaling(dtype, channels or 1)
         if key not in self._scalings:
             max_value = self._max_value_for(dtype)
             channels = channels or 1
-            fit = self._fit_entry(dtype, channels)
+            fit = self._fit_entry()
             self._scalings[key] = feature_scaling(
                 self.method, fit, channels=channels, max_value=max_value, per_channel=self.per_channel,
                 minmax=self.minmax, unit=self.unit, clip_rescale=self.clip_rescale, epsilon=self.epsilon or 0.0,
@@ -691,13 +769,12 @@ class Scaler:
         y4, restore = self._as_batch(y)
         s = self.scaling(self.stats_.dtype if self.stats_ is not None else None, y4.shape[-1])
         v = y4 * 2.0 - 1.0 if s.clip_rescale else y4
-        return restore(v * s.scale + s.offset)
+        x = v * s.scale + s.offset
+        return restore(x * s.divisor if s.divisor is not None else x)
 
     def _as_batch(self, x: np.ndarray):
         """``x`` as (n, height, width, channels), and how to give a result the shape of ``x``."""
-        channels = None
-        if self.stats_ is not None or self._constants is not None or self._doc is not None:
-            channels = self.n_channels_
+        channels = self._fixed_channels()
         if x.ndim == 4:
             return x, lambda y: y
         if x.ndim == 2:

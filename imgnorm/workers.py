@@ -310,9 +310,49 @@ class _NoBar:
         pass
 
 
-def progress(total: int, desc: str, show: bool):
-    """A tqdm bar on stderr, drawn only when asked and stderr is a terminal."""
-    if not show or not sys.stderr.isatty():
+class _LogBar(_NoBar):
+    """Progress as a line on stderr every few seconds: for CI logs and files, where a bar would be noise."""
+
+    EVERY = 5.0
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.n = total, desc, 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.EVERY:
+            self.last = now
+            self._say(now)
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and self.last != self.start:  # a closing line, only for runs long enough to log
+            self._say(time.monotonic())
+        return False
+
+    def _say(self, now: float) -> None:
+        rate = self.n / max(now - self.start, 1e-9)
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        try:
+            print(f"{self.desc}: {self.n:,}/{self.total:,} images{share}, {now - self.start:.0f} s, "
+                  f"{rate:,.0f} images/s", file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr gone: progress is not worth failing for
+            pass
+
+
+PROGRESS = ("auto", "bar", "log", "none")
+
+
+def progress(total: int, desc: str, show: bool | str):
+    """Progress on stderr: ``"bar"`` (tqdm), ``"log"`` (a line every few seconds),
+    ``"none"``; ``"auto"`` (or True) draws a bar on a terminal and logs elsewhere."""
+    mode = "auto" if show is True else "none" if show is False else show
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "log"
+    if mode == "log":
+        return _LogBar(total, desc)
+    if mode != "bar":
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)

@@ -54,8 +54,17 @@ def test_progress_bars_only_on_a_terminal_and_not_quiet(monkeypatch):
         def isatty(self):
             return True
 
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert isinstance(progress(10, "x", True), _NoBar)  # not a terminal
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = progress(10, "x", True)  # not a terminal: a log line every few seconds, not a bar
+    assert type(bar).__name__ == "_LogBar"
+    bar.update(3)
+    assert log.getvalue() == ""  # not yet: short runs print nothing
+    monkeypatch.setattr(type(bar), "EVERY", 0.0)
+    with progress(10, "stats train", "log") as bar:
+        bar.update(4)
+    assert log.getvalue().splitlines()[0].startswith("stats train: 4/10 images (40%), 0 s, ")
+    assert type(progress(10, "x", "none")) is _NoBar
     tty = Tty()
     monkeypatch.setattr(sys, "stderr", tty)
     assert isinstance(progress(10, "x", False), _NoBar)  # --quiet

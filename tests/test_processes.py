@@ -76,10 +76,9 @@ def test_killing_the_parent_ends_every_worker(folder, world_tmp, sig, user):
     deadline = time.monotonic() + 5
     while any(alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not any(alive(k) for k in kids)
+    assert not any(alive(k) for k in kids), [k for k in kids if alive(k)]
     if sig != signal.SIGKILL:  # handled: exit 128 + N and nothing left behind
-        assert proc.returncode == 128 + sig
-        assert sorted(os.listdir(world_tmp)) == ["src"]
+        assert (proc.returncode, sorted(os.listdir(world_tmp))) == (128 + sig, ["src"])
 
 
 def test_command_substitution_returns_when_the_parent_is_killed(folder):

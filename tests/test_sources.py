@@ -145,7 +145,7 @@ def test_single_image_and_color_modes(tmp_path, rng):
     np.testing.assert_array_equal(stacked(gray.splits["all"])[0, :, :, 0], np.asarray(Image.open(p).convert("L")))
 
 
-def test_size_resizes_with_draft(tmp_path, rng):
+def test_size_resizes(tmp_path, rng):
     p = write_jpeg(tmp_path / "big.jpg", rng, size=(200, 100))
     a = stacked(open_source(p, size=(50, 30)).splits["all"])
     assert a.shape == (1, 30, 50, 3)
@@ -246,14 +246,14 @@ def test_array_options_that_do_not_apply(mnist_npz):
         open_source(mnist_npz[0]).split("val")
 
 
-def test_gray_with_size_converts_like_pillow_after_draft(tmp_path):
+def test_gray_with_draft_converts_like_pillow_after_draft(tmp_path):
     # colour gradients: libjpeg's own grayscale output (its Y channel) differs
     # from convert("L") of the decoded RGB at a few pixels
     y, x = np.mgrid[0:480, 0:800]
     a = np.stack([x * 255 // 800, y * 255 // 480, (x + y) % 256], -1).astype(np.uint8)
     p = tmp_path / "big.jpg"
     Image.fromarray(a).save(p, quality=90)
-    got = stacked(open_source(p, color="gray", size=(200, 120)).splits["all"])[0, :, :, 0]
+    got = stacked(open_source(p, color="gray", size=(200, 120), draft=True).splits["all"])[0, :, :, 0]
     im = Image.open(p)
     im.draft("RGB", (200, 120))
     want = np.asarray(im.convert("L").resize((200, 120), Image.Resampling.BILINEAR))

@@ -355,36 +355,39 @@ def test_bad_data_in_the_fit_split_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize("dtype, layout, compression", [
     ("float32", "nhwc", "none"), ("float16", "nhwc", "none"), ("float64", "nhwc", "none"),
-    ("float32", "nchw", "none"), ("float32", "nhwc", "lzf")])
+    ("float32", "nchw", "none"), ("float32", "nhwc", "lzf"), ("float16", "nchw", "gzip")])
 def test_writer_full_chunks_direct_rest_through_hdf5_same_file(tmp_path, monkeypatch, rng, dtype, layout,
                                                                 compression):
-    """Batches of every alignment against the chunks: what is read back is what was written."""
-    from imgnorm.store import H5Writer, chunk_rows
+    """Batches of every alignment against the chunks: what is read back is what was
+    written, and the file's bytes are the same whatever the batches were."""
+    from imgnorm.store import H5Writer, _Appender, chunk_rows
     direct = []
-    real = H5Writer._write_chunk
-    monkeypatch.setattr(H5Writer, "_write_chunk", staticmethod(lambda d, r, x: direct.append(r) or real(d, r, x)))
+    real = _Appender._write
+    monkeypatch.setattr(_Appender, "_write", lambda self, c: direct.append(self.direct and len(c) == self.n)
+                        or real(self, c))
     shape = (16, 16, 3)
     n = 3 * chunk_rows(10 ** 6, shape, dtype) + 5  # three full chunks and a partial one
     x = rng.normal(size=(n,) + shape).astype(dtype)
+    files = []
     for sizes in ([n], [7, 200, n], [chunk_rows(n, shape, dtype)] * 4, [1] * 3 + [n]):
-        path = tmp_path / f"{len(direct)}.h5"
+        path = tmp_path / f"{len(files)}.h5"
         with H5Writer(str(path), dtype=dtype, layout=layout, compression=compression) as w:
-            w.create_split("train", n, shape)
+            w.create_split("train", n, shape, labels_dtype=np.int64, files=[f"{i}.jpg" for i in range(n)])
             a = 0
             for size in sizes:
                 b = min(n, a + size)
-                w.write("train", x[a:b])
+                w.write("train", x[a:b], np.arange(a, b), [f"{i}.jpg" for i in range(a, b)])
                 a = b
                 if a == n:
                     break
             assert w.finish_split("train") == n
         with h5py.File(path) as f:
             got = f["train/x"][...]
+            assert f["train/y"][...].tolist() == list(range(n)) and f["train/files"][-1] == f"{n - 1}.jpg".encode()
         np.testing.assert_array_equal(got if layout == "nhwc" else got.transpose(0, 2, 3, 1), x)
-    if layout == "nhwc" and compression == "none":
-        assert direct  # the direct path was taken
-    else:
-        assert not direct
+        files.append(path.read_bytes())
+    assert all(f == files[0] for f in files)  # the same bytes, however the rows were batched
+    assert any(direct) == (compression == "none")  # whole uncompressed chunks go straight to the file
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (64, 64, 3), (224, 224, 3), (3, 5, 1), (1024, 1024, 3)])
