@@ -178,6 +178,8 @@ def main():
                 [o("r.h5")]),
             "Pillow resize loop + h5py": (
                 [PY, f"{HERE}/peers/folder_pillow_standardize.py", photos1, o("p.h5"), "224"], [o("p.h5")]),
+            f"decode + resize only, imgnorm decoder, {workers} proc": (
+                [PY, f"{HERE}/peers/folder_decode_only.py", photos1, workers, "imgnorm", "224x224"], []),
         }, a.rounds)
         results += res["rows"]
     if "memory" in only:

@@ -38,8 +38,6 @@ BATCH_BYTES = 4 << 20
 # so that the writer hands full chunks straight to the file.
 CHUNK_BYTES = 1 << 20
 FOLDER_BATCH = 64
-# A fit split whose decoded pixels fit in this is cached in memory, not on disk.
-IN_MEMORY_CACHE = 128 << 20
 # Images per task sent to a decoding worker: small enough to balance two
 # cores over a few hundred files, large enough that task overhead is noise.
 WORKER_CHUNK = 16
@@ -450,28 +448,68 @@ class _WriteState:
 
 def fit_pass(plan: WritePlan, scaler: Scaler, ex, cache: "PixelCache", skipped: list,
              show_progress: bool = False) -> RunningStats:
-    """Statistics of the fit split in one streaming pass (its pixels kept in
-    ``cache`` when it holds them); the scaler is fitted on them."""
+    """Statistics of the fit split in one streaming pass; the scaler is fitted on them.
+
+    Where the split is written too and decoding is dear, the tasks also write
+    its decoded pixels into ``cache`` (each image at its row, straight from
+    the process that decoded it), so that nothing is decoded twice and no
+    pixel travels through a pipe.
+    """
     source, name = plan.source, plan.fit_split
     split, shape = source.splits[name], plan.shapes[name]
     rs = RunningStats(source.channels, source.dtype)
     tasks = shards(source, [name], batch_rows(split, plan.batch_size, shape), parallel=ex.parallel)
-    # Worker processes compute each image's statistics as they decode it;
-    # read here, a batch's statistics are computed while the next is read.
-    batches = ex.map(partial(read_task, on_error=plan.on_error, with_stats=ex.parallel), tasks)
+    if cache.holds(name):
+        parts = ex.map(partial(cache_task, path=cache.path, shape=shape, on_error=plan.on_error), tasks)
+    elif ex.parallel or source.decodes:
+        parts = ex.map(partial(stats_task, on_error=plan.on_error), tasks)
+    else:  # arrays, read here: a batch's statistics are computed while the next one is read
+        parts = _stats_here(source, ex.map(partial(read_task, on_error=plan.on_error), tasks), shape)
     with progress(len(split), f"stats {name}", show_progress) as bar:
-        for batch, x, part in ahead(batches, lambda bs: (bs[0], _as_array(bs[0], shape), bs[1])):
-            if part is None:
-                rs.update(x)
-            else:
-                rs.merge(part)
-            skipped.extend(batch.skipped)
-            cache.append(Batch(x, batch.labels, batch.files, batch.start))
-            bar.update(len(batch) + len(batch.skipped))
+        for task, result in zip(tasks, parts):
+            part, skip = result[0], result[1]
+            rs.merge(part)
+            skipped.extend(skip)
+            if len(result) > 2:
+                cache.record(result[2])
+            bar.update(task.stop - task.start)
     if rs.images_ == 0:
         raise SourceError(f"{printable(source.path)}: no image of split {name} could be read")
     scaler.fit_stats(rs)
     return rs
+
+
+def _stats_here(source: Source, batches, shape: tuple):
+    """``(stats, skipped)`` of each batch, computed in this thread while a
+    background thread reads (inflates) the next one."""
+    for batch, x in ahead(batches, lambda bs: (bs[0], _as_array(bs[0], shape))):
+        yield RunningStats(source.channels, source.dtype).update(x), batch.skipped
+
+
+def cache_task(source: Source, shard: Shard, path: str, shape: tuple, on_error: str = "fail"):
+    """Statistics of a shard, its decoded pixels written to their rows of the raw file ``path``.
+
+    Returns ``(stats, skipped, rows kept)``.
+    """
+    rs = RunningStats(source.channels, source.dtype)
+    batch = source.splits[shard.split].read(shard.start, shard.stop, on_error, visit=rs.update)
+    x = _as_array(batch, shape)
+    rows = batch.rows
+    row_bytes = int(np.prod(shape)) * x.dtype.itemsize
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        a = 0
+        while a < len(rows):  # one write per run of consecutive rows
+            b = a + 1
+            while b < len(rows) and rows[b] == rows[b - 1] + 1:
+                b += 1
+            data = memoryview(np.ascontiguousarray(x[a:b])).cast("B")
+            if os.pwrite(fd, data, int(rows[a]) * row_bytes) != len(data):
+                raise OSError(28, "No space left on device")
+            a = b
+    finally:
+        os.close(fd)
+    return rs, batch.skipped, rows
 
 
 def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: "PixelCache",
@@ -642,73 +680,60 @@ class PixelCache:
     """Decoded pixels of the fit split kept between the statistics pass and the
     writing pass, so a JPEG is decoded once.
 
-    In memory when the split is small (at most :data:`IN_MEMORY_CACHE`
-    bytes), else in a raw temporary file beside the output, reserved up front
-    and removed with the run's other temporaries. ``split`` None: nothing kept.
+    A raw file beside the output (reserved up front, removed with the run's
+    other temporaries): the process that decodes an image writes it at its
+    row, the writing pass reads the rows back with plain reads (a memory map
+    would keep them in the process's resident memory). ``split`` None:
+    nothing is kept (the fit split is not written, or reading it again is
+    cheaper than keeping it).
     """
 
-    def __init__(self, split: str | None, image_shape=(), dtype=np.uint8, path: str | None = None):
+    def __init__(self, split: str | None = None, image_shape=(), dtype=np.uint8, path: str | None = None,
+                 labels: np.ndarray | None = None, files: list[str] | None = None):
         self.split = split
         self.image_shape = tuple(image_shape)
         self.dtype = np.dtype(dtype)
         self.path = path
-        self._memory: list[np.ndarray] | None = [] if split is not None and path is None else None
-        self._file = open(path, "r+b") if path is not None else None  # r+: keep the reserved blocks
-        self.n = 0
-        self.labels: list = []
-        self.files: list[str] = []
+        self.labels, self.files = labels, files
+        self._rows: list[np.ndarray] = []  # the rows written, in split order
 
     @classmethod
     def for_plan(cls, plan: WritePlan, outputs: OutputSet, beside) -> "PixelCache":
-        nbytes = plan.cache_bytes
-        if not nbytes:
-            return cls(None)
-        path = outputs.scratch(beside) if nbytes > IN_MEMORY_CACHE else None
-        return cls(plan.fit_split, plan.shapes[plan.fit_split], plan.source.dtype, path)
+        if not plan.cache_bytes:
+            return cls()
+        split = plan.source.splits[plan.fit_split]
+        return cls(plan.fit_split, plan.shapes[plan.fit_split], plan.source.dtype, outputs.scratch(beside),
+                   split.labels, split.files)
 
     def holds(self, name: str) -> bool:
         return self.split is not None and name == self.split
 
-    def append(self, batch: Batch) -> None:
-        if self.split is None:
-            return
-        x = np.ascontiguousarray(batch.images)
-        if self._memory is not None:
-            self._memory.append(x)
-        else:
-            self._file.write(memoryview(x.reshape(-1).view(np.uint8)))
-        self.n += len(batch)
-        if batch.labels is not None:
-            self.labels.append(batch.labels)
-        if batch.files is not None:
-            self.files.extend(batch.files)
+    def record(self, rows: np.ndarray) -> None:
+        """The rows a task wrote (tasks come back in split order)."""
+        self._rows.append(np.asarray(rows, dtype=np.int64))
 
     def batches(self, batch_size: int):
-        if self.n == 0:
-            return
-        labels = np.concatenate(self.labels) if self.labels else None
-        if self._memory is not None:
-            a = 0
-            while self._memory:
-                x = self._memory.pop(0)  # let go of each batch once it is handed out
-                yield Batch(x, labels[a:a + len(x)] if labels is not None else None,
-                            self.files[a:a + len(x)] if self.files else None, a)
-                a += len(x)
-            return
-        self._file.flush()
-        self._file.seek(0)
-        # Plain reads, not a memory map: mapped pages would stay in the
-        # process's resident memory and grow with the dataset.
-        for a in range(0, self.n, batch_size):
-            b = min(a + batch_size, self.n)
-            x = np.empty((b - a,) + self.image_shape, self.dtype)
-            self._file.readinto(memoryview(x.reshape(-1).view(np.uint8)))
-            yield Batch(x, labels[a:b] if labels is not None else None, self.files[a:b] if self.files else None, a)
+        rows = np.concatenate(self._rows) if self._rows else np.empty(0, np.int64)
+        row_bytes = int(np.prod(self.image_shape)) * self.dtype.itemsize
+        with open(self.path, "rb", buffering=0) as f:
+            for a in range(0, len(rows), batch_size):
+                r = rows[a:a + batch_size]
+                x = np.empty((len(r),) + self.image_shape, self.dtype)
+                view = memoryview(x.reshape(-1).view(np.uint8))
+                i = 0
+                while i < len(r):  # one read per run of consecutive rows
+                    j = i + 1
+                    while j < len(r) and r[j] == r[j - 1] + 1:
+                        j += 1
+                    if os.preadv(f.fileno(), [view[i * row_bytes:j * row_bytes]], int(r[i]) * row_bytes) != \
+                            (j - i) * row_bytes:
+                        raise SourceError(f"{printable(self.path)}: the pixel cache was cut short; run again")
+                    i = j
+                yield Batch(x, self.labels[r] if self.labels is not None else None,
+                            [self.files[k] for k in r] if self.files is not None else None, a)
 
     def close(self) -> None:
-        self._memory = None
-        if self._file is not None:
-            self._file.close()
+        self._rows = []
 
     def __enter__(self) -> "PixelCache":
         return self

@@ -41,9 +41,15 @@ class Batch:
     files: list[str] | None = None
     start: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    index: np.ndarray | None = None  # the split's row of each image (None: start, start + 1, ...)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.index is None else len(self.index)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The split's row of each image of the batch."""
+        return self.index if self.index is not None else np.arange(self.start, self.start + len(self.images))
 
 
 class Split:
@@ -124,7 +130,10 @@ class Source:
         """An image file of this source as ``/files`` records it: relative to the
         source folder (join it with :attr:`name`), or the file's own name."""
         if self.kind == "folder":
-            return os.path.relpath(path, self.path)
+            prefix = os.path.join(self.path, "")
+            # the walker joins names onto the source path: a slice, where relpath
+            # would ask the system for the working directory twice per file
+            return path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self.path)
         return os.path.basename(path)
 
     def reached_name(self, stored: str) -> str:
@@ -307,7 +316,7 @@ class FolderSplit(Split):
         else:
             arr = images
         labels = self.labels[kept] if self.labels is not None else None
-        return Batch(arr, labels, [self.files[i] for i in kept], start, skipped)
+        return Batch(arr, labels, [self.files[i] for i in kept], start, skipped, np.asarray(kept, dtype=np.int64))
 
 
 def _is_hidden(name: str) -> bool:
@@ -356,8 +365,13 @@ class _Walk:
     def root(self, path: str) -> _Dir:
         return _Dir(path, os.path.realpath(path))
 
-    def entries(self, d: _Dir, chain: tuple[str, ...] = ()) -> tuple[list[tuple[str, os.stat_result]], list[_Dir]]:
-        """``(image files with their stat, subfolders)`` of ``d``, each sorted by name."""
+    def entries(self, d: _Dir, chain: tuple[str, ...] = ()) -> tuple[list[tuple[str, int, int]], list[_Dir]]:
+        """``(image files as (path, st_dev, st_ino), subfolders)`` of ``d``, each sorted by name.
+
+        Only the file's identity is kept of its stat: a stat result takes some
+        600 bytes, which for millions of files would outlive the listing in
+        the process's heap (and in every worker forked from it).
+        """
         try:
             with os.scandir(d.path) as it:
                 listing = sorted(it, key=lambda e: e.name)
@@ -385,7 +399,7 @@ class _Walk:
                 if sub is not None:
                     dirs.append(sub)
             elif stat.S_ISREG(st.st_mode) and _is_image(entry.name):
-                files.append((entry.path, st))
+                files.append((entry.path, st.st_dev, st.st_ino))
             else:
                 self.ignored.append((entry.path, "not an image file"))
         return files, dirs
@@ -402,7 +416,7 @@ class _Walk:
             return None
         return _Dir(entry.path, real)
 
-    def images(self, d: _Dir, chain: tuple[str, ...] = ()) -> list[tuple[str, os.stat_result]]:
+    def images(self, d: _Dir, chain: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
         """Image files below ``d``, recursively; Keras' order: by folder path, then by file name."""
         chain = chain + (d.real,)
         files, dirs = self.entries(d, chain)
@@ -425,7 +439,7 @@ def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Sourc
                               f"{os.path.basename(d.path)!r} would be split {name!r}; rename or remove one")
         split_dirs[name] = d
     if split_dirs:
-        walk.ignored += [(f, "outside the split folders") for f, _ in loose]
+        walk.ignored += [(f[0], "outside the split folders") for f in loose]
         walk.ignored += [(d.path, "outside the split folders") for d in subdirs if d not in split_dirs.values()]
         split_dirs = {k: split_dirs[k] for k in SPLIT_ORDER if k in split_dirs}
         listed = {name: walk.entries(d, (root.real,)) for name, d in split_dirs.items()}
@@ -435,12 +449,12 @@ def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Sourc
 
     # Classes: the union of every split's subfolders, so labels agree across splits.
     class_names = sorted({os.path.basename(d.path) for _, dirs in listed.values() for d in dirs})
-    found: dict[str, list[tuple[str, os.stat_result]]] = {}
+    found: dict[str, list[tuple[str, int, int]]] = {}
     splits: dict[str, Split] = {}
     for name, (files, dirs) in listed.items():
         chain = (root.real, split_dirs[name].real) if name != "all" else (root.real,)
         if class_names:
-            walk.ignored += [(f, "not inside a class folder") for f, _ in files]
+            walk.ignored += [(f[0], "not inside a class folder") for f in files]
             images, labels = [], []
             by_name = {os.path.basename(d.path): d for d in dirs}
             for k, cls in enumerate(class_names):
@@ -452,7 +466,7 @@ def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Sourc
         else:  # no subfolders anywhere: the images in the split folder itself, unlabelled
             images, lab = files, None
         found[name] = images
-        splits[name] = FolderSplit(name, [f for f, _ in images], lab, color, resize)
+        splits[name] = FolderSplit(name, [f[0] for f in images], lab, color, resize)
     _check_leakage(found)
     n_images = sum(len(s) for s in splits.values())
     if n_images == 0:
@@ -466,18 +480,18 @@ def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Sourc
                   channels=channels, dtype=dtype, skipped=walk.skipped, ignored=walk.ignored)
 
 
-def _check_leakage(found: dict[str, list[tuple[str, os.stat_result]]]) -> None:
+def _check_leakage(found: dict[str, list[tuple[str, int, int]]]) -> None:
     """Refuse one image file (one inode) reached from two splits: it would leak between them."""
     if len(found) < 2:
         return
-    dev = np.array([st.st_dev for files in found.values() for _, st in files], dtype=np.uint64)
-    ino = np.array([st.st_ino for files in found.values() for _, st in files], dtype=np.uint64)
+    dev = np.array([f[1] for files in found.values() for f in files], dtype=np.uint64)
+    ino = np.array([f[2] for files in found.values() for f in files], dtype=np.uint64)
     split = np.repeat(np.arange(len(found)), [len(files) for files in found.values()])
     order = np.lexsort((split, ino, dev))
     d, i, s = dev[order], ino[order], split[order]
     clash = np.flatnonzero((d[1:] == d[:-1]) & (i[1:] == i[:-1]) & (s[1:] != s[:-1]))
     if clash.size:
-        paths = [f for files in found.values() for f, _ in files]
+        paths = [f[0] for files in found.values() for f in files]
         a, b = order[clash[0]], order[clash[0] + 1]
         names = list(found)
         raise SourceError(f"{show_path(paths[a])} (split {names[split[a]]}) and {show_path(paths[b])} (split "

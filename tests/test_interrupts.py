@@ -79,18 +79,16 @@ def test_disk_full_while_caching_pixels_leaves_nothing(tmp_path, monkeypatch, rn
 
     for i in range(40):
         write_jpeg(tmp_path / "d" / f"{i}.jpg", rng)
-
-    monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 0)  # the raw cache file beside OUT
-    real_append = pipeline.PixelCache.append
+    real_pwrite = os.pwrite
     calls = []
 
-    def full(self, batch):
+    def full(fd, data, offset):
         calls.append(1)
         if len(calls) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_append(self, batch)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(pipeline.PixelCache, "append", full)
+    monkeypatch.setattr(os, "pwrite", full)
     out = tmp_path / "out.h5"
     with pytest.raises(OutputError, match="cannot write \\(disk full\\)"):
         pipeline.transform_to_hdf5(open_source(tmp_path / "d"), str(out), "standardize", workers=1, batch_size=8)

@@ -281,7 +281,6 @@ def test_the_reservation_covers_the_pixel_cache(small_disk, rng, tmp_path, monke
     from conftest import write_jpeg
     for i in range(12):
         write_jpeg(tmp_path / "src" / f"{i}.jpg", rng, size=(64, 64))
-    monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 0)  # the cache goes to disk, beside OUT
     plan = pipeline.plan_write(open_source(tmp_path / "src"), pipeline.Scaler())
     # room for the HDF5 file's bound, not for the cache too
     (small_disk / "filler").write_bytes(bytes((24 << 20) - plan.bound - plan.cache_bytes // 2))

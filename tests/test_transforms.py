@@ -182,30 +182,36 @@ def test_different_sizes_need_size_and_nothing_is_written(photo_folder, tmp_path
     assert stored(tmp_path / "o.h5", "train").shape == (12, 8, 10, 3)
 
 
-@pytest.mark.parametrize("cache_in_memory", [True, False])
-def test_decoded_once(photo_folder, tmp_path, monkeypatch, cache_in_memory):
-    import imgnorm.pipeline as pipeline
-    if not cache_in_memory:
-        monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 0)  # the raw file beside OUT
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decoded_once(photo_folder, tmp_path, monkeypatch, workers):
+    """The fit split is decoded once: its pixels wait in a raw file beside OUT,
+    written by whichever process decoded them, removed at the end."""
     import imgnorm.decode as dec
-    calls = []
+    import imgnorm.pipeline as pipeline
+    calls = tmp_path / "calls"
+    calls.mkdir()
     real = dec.decode
-    monkeypatch.setattr(dec, "decode", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+
+    def counting(path, *a, **k):
+        (calls / f"{os.getpid()}-{len(os.listdir(calls))}-{os.path.basename(path)}").touch()
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(dec, "decode", counting)  # forked workers inherit the patch
     src = open_source(photo_folder, size=(8, 8))
-    calls.clear()
     made = []
     from imgnorm.outputs import OutputSet
     real_scratch = OutputSet.scratch
     monkeypatch.setattr(OutputSet, "scratch", lambda self, beside: made.append(1) or real_scratch(self, beside))
-    transform_to_hdf5(src, str(tmp_path / "o.h5"), "standardize", workers=1)
-    assert sorted(calls) == sorted(src.splits["train"].files + src.splits["val"].files)
-    assert bool(made) == (not cache_in_memory)  # a raw file beside OUT only when memory would not do
-    assert sorted(os.listdir(tmp_path)) == ["o.h5", "photos"]  # the pixel cache is gone
-    # identical output whichever way the pixels were kept
-    want = stored(tmp_path / "o.h5", "train")
-    monkeypatch.setattr(pipeline, "IN_MEMORY_CACHE", 1 << 30)
-    transform_to_hdf5(src, str(tmp_path / "p.h5"), "standardize", workers=1)
-    np.testing.assert_array_equal(stored(tmp_path / "p.h5", "train"), want)
+    transform_to_hdf5(src, str(tmp_path / "o.h5"), "standardize", workers=workers)
+    decoded = sorted(p.split("-", 2)[2] for p in os.listdir(calls))
+    assert decoded == sorted(os.path.basename(f) for f in src.splits["train"].files + src.splits["val"].files)
+    assert made == [1]  # the raw file beside OUT
+    assert sorted(os.listdir(tmp_path)) == ["calls", "o.h5", "photos"]  # and it is gone
+    # the same output as from a run that decodes the fit split twice (--split val writes no cache)
+    monkeypatch.setattr(pipeline.PixelCache, "for_plan", classmethod(lambda cls, *a: cls()))
+    transform_to_hdf5(src, str(tmp_path / "p.h5"), "standardize", workers=workers)
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(stored(tmp_path / "p.h5", split), stored(tmp_path / "o.h5", split))
 
 
 def test_existing_output_untouched_and_force(mnist_npz, tmp_path):
@@ -331,9 +337,7 @@ def test_compressed_member_is_inflated_again_not_kept(mnist_npz_compressed, tmp_
     import imgnorm.pipeline as pipeline
     path, arrays = mnist_npz_compressed
     np.savez(tmp_path / "stored.npz", **arrays)
-    real_append = pipeline.PixelCache.append
-    monkeypatch.setattr(pipeline.PixelCache, "append",
-                        lambda self, b: pytest.fail("pixels kept") if self.split else real_append(self, b))
+    monkeypatch.setattr(pipeline, "cache_task", lambda *a, **k: pytest.fail("pixels kept"))
     src = open_source(path)
     assert not src.splits["train"].keep_between_passes
     assert pipeline.plan_write(src, Scaler()).cache_bytes == 0
