@@ -5,90 +5,86 @@
 
 /* imgnorm._kernels: the optional C accelerators.
  *
- * u8_stats: exact per-channel sum, sum of squares, min and max of
- * interleaved uint8 pixels in one pass.
+ * u8_hist, u16_hist: the exact per-channel histogram of interleaved 8- or
+ * 16-bit pixels in one pass (the sums, minima, maxima and percentiles of a
+ * stats document all come from it).
  * lut_apply: scale 8- or 16-bit pixels by looking each level up in a
  * per-channel table (the table holds what the float64 formula gives).
  *
- * Both have numpy fallbacks giving identical results (tests compare them).
- * Both release the GIL, so they run beside reading and writing threads.  Accumulators are per byte position over a
- * period of 16 * channels bytes, so the inner loop has a fixed stride the
- * compiler vectorizes; 32-bit lanes are flushed to 64 bits before they can
- * overflow, so the sums are exact for any buffer size.
+ * Each has a numpy fallback giving identical results (tests compare them),
+ * and releases the GIL, so it runs beside reading and writing threads.
  */
-#define LANES 16
 #define MAXC 4
-#define FLUSH 65536  /* groups per flush: 65536 * 255^2 < 2^32 */
+
+/* u8_hist: add the per-channel histograms of interleaved uint8 pixels to
+ * H[c * 256 + v] (uint64).  Four sub-histograms (one per pixel of a group of
+ * four) keep consecutive increments of one bin from waiting on each other;
+ * their 32-bit counts are flushed to 64 bits before they could overflow.
+ * From the counts come the exact sums, minima, maxima and percentiles. */
+#define HFLUSH ((Py_ssize_t)1 << 30)  /* groups of four pixels per flush */
+
+#define HIST_LOOP(CC)                                                            \
+    for (; i + 4 * (CC) <= stop; i += 4 * (CC)) {                               \
+        for (int k = 0; k < 4; k++)                                              \
+            for (int c = 0; c < (CC); c++) h[k][c][p[i + k * (CC) + c]]++;       \
+    }
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-/* One binary, the best vector unit at run time (dispatch through an ifunc). */
 __attribute__((target_clones("avx2", "default")))
 #endif
-static void u8_stats(const uint8_t *p, Py_ssize_t n, int C,
-                     uint64_t *S, uint64_t *Q, uint8_t *MN, uint8_t *MX) {
-    const Py_ssize_t P = (Py_ssize_t)C * LANES;
-    uint32_t s[MAXC * LANES], q[MAXC * LANES];
-    uint8_t mn[MAXC * LANES], mx[MAXC * LANES];
-    uint64_t s64[MAXC * LANES], q64[MAXC * LANES];
-    memset(s64, 0, sizeof s64); memset(q64, 0, sizeof q64);
-    memset(mn, 255, sizeof mn); memset(mx, 0, sizeof mx);
-    Py_ssize_t groups = n / P, g = 0;
-    while (g < groups) {
-        Py_ssize_t end = g + FLUSH < groups ? g + FLUSH : groups;
-        memset(s, 0, sizeof s); memset(q, 0, sizeof q);
-        for (; g < end; g++) {
-            const uint8_t *b = p + g * P;
-            for (Py_ssize_t j = 0; j < P; j++) {
-                uint16_t v = b[j];
-                s[j] += v;
-                q[j] += (uint16_t)(v * v);
-                mn[j] = b[j] < mn[j] ? b[j] : mn[j];
-                mx[j] = b[j] > mx[j] ? b[j] : mx[j];
-            }
+static void u8_hist(const uint8_t *p, Py_ssize_t n, int C, uint64_t *H) {
+    uint32_t h[4][MAXC][256];
+    Py_ssize_t i = 0, whole = n - n % (4 * C);
+    while (i < whole) {
+        Py_ssize_t stop = whole - i > HFLUSH * 4 * C ? i + HFLUSH * 4 * C : whole;
+        memset(h, 0, sizeof h);
+        switch (C) {
+            case 1: HIST_LOOP(1); break;
+            case 2: HIST_LOOP(2); break;
+            case 3: HIST_LOOP(3); break;
+            default: HIST_LOOP(4); break;
         }
-        for (Py_ssize_t j = 0; j < P; j++) { s64[j] += s[j]; q64[j] += q[j]; }
+        for (int k = 0; k < 4; k++)
+            for (int c = 0; c < C; c++)
+                for (int v = 0; v < 256; v++) H[c * 256 + v] += h[k][c][v];
     }
-    for (int c = 0; c < C; c++) { S[c] = 0; Q[c] = 0; MN[c] = 255; MX[c] = 0; }
-    for (Py_ssize_t j = 0; j < P; j++) {
-        int c = (int)(j % C);
-        S[c] += s64[j]; Q[c] += q64[j];
-        if (mn[j] < MN[c]) MN[c] = mn[j];
-        if (mx[j] > MX[c]) MX[c] = mx[j];
-    }
-    for (Py_ssize_t i = groups * P; i < n; i++) {
-        int c = (int)((i - groups * P) % C);
-        uint32_t v = p[i];
-        S[c] += v; Q[c] += v * v;
-        if (p[i] < MN[c]) MN[c] = p[i];
-        if (p[i] > MX[c]) MX[c] = p[i];
-    }
+    for (; i < n; i++) H[(i % C) * 256 + p[i]]++;
 }
 
-static PyObject *py_u8_stats(PyObject *self, PyObject *args) {
-    Py_buffer buf; int C;
-    if (!PyArg_ParseTuple(args, "y*i", &buf, &C)) return NULL;
-    if (C < 1 || C > MAXC || buf.len % C) {
-        PyBuffer_Release(&buf);
-        PyErr_SetString(PyExc_ValueError, "channels must be 1..4 and divide the buffer length");
+/* u16_hist: the same for uint16 pixels, 65,536 bins a channel, counted
+ * straight into the 64-bit histogram (four sub-tables would not stay in cache). */
+static void u16_hist(const uint16_t *p, Py_ssize_t n, int C, uint64_t *H) {
+    if (C == 1) {
+        for (Py_ssize_t i = 0; i < n; i++) H[p[i]]++;
+        return;
+    }
+    for (Py_ssize_t i = 0; i < n; i += C)
+        for (int c = 0; c < C; c++) H[((Py_ssize_t)c << 16) + p[i + c]]++;
+}
+
+static PyObject *hist_call(PyObject *args, int itemsize) {
+    Py_buffer buf, hb; int C;
+    if (!PyArg_ParseTuple(args, "y*iw*", &buf, &C, &hb)) return NULL;
+    Py_ssize_t levels = (Py_ssize_t)1 << (8 * itemsize), n = buf.len / itemsize;
+    const char *bad = NULL;
+    if (C < 1 || C > MAXC || buf.len % itemsize || n % C) bad = "channels must be 1..4 and divide the pixels";
+    else if (hb.len != (Py_ssize_t)C * levels * 8) bad = "the histogram must be channels * levels uint64";
+    if (bad) {
+        PyBuffer_Release(&buf); PyBuffer_Release(&hb);
+        PyErr_SetString(PyExc_ValueError, bad);
         return NULL;
     }
-    uint64_t S[MAXC], Q[MAXC]; uint8_t MN[MAXC], MX[MAXC];
     Py_BEGIN_ALLOW_THREADS
-    u8_stats((const uint8_t *)buf.buf, buf.len, C, S, Q, MN, MX);
+    if (itemsize == 1) u8_hist((const uint8_t *)buf.buf, n, C, (uint64_t *)hb.buf);
+    else u16_hist((const uint16_t *)buf.buf, n, C, (uint64_t *)hb.buf);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&buf);
-    PyObject *out = PyTuple_New(4);
-    PyObject *ls = PyList_New(C), *lq = PyList_New(C), *lmn = PyList_New(C), *lmx = PyList_New(C);
-    for (int c = 0; c < C; c++) {
-        PyList_SET_ITEM(ls, c, PyLong_FromUnsignedLongLong(S[c]));
-        PyList_SET_ITEM(lq, c, PyLong_FromUnsignedLongLong(Q[c]));
-        PyList_SET_ITEM(lmn, c, PyLong_FromLong(MN[c]));
-        PyList_SET_ITEM(lmx, c, PyLong_FromLong(MX[c]));
-    }
-    PyTuple_SET_ITEM(out, 0, ls); PyTuple_SET_ITEM(out, 1, lq);
-    PyTuple_SET_ITEM(out, 2, lmn); PyTuple_SET_ITEM(out, 3, lmx);
-    return out;
+    PyBuffer_Release(&buf); PyBuffer_Release(&hb);
+    Py_RETURN_NONE;
 }
+
+static PyObject *py_u16_hist(PyObject *self, PyObject *args) { return hist_call(args, 2); }
+
+static PyObject *py_u8_hist(PyObject *self, PyObject *args) { return hist_call(args, 1); }
 
 /* out[i] = table[(i % C) * levels + x[i]] for T-sized table entries (the bits
  * of float16/32/64 values: a lookup copies them, it never does arithmetic).
@@ -147,7 +143,8 @@ static PyObject *py_lut_apply(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"u8_stats", py_u8_stats, METH_VARARGS, "Exact per-channel (sum, sum_sq, min, max) of interleaved uint8 pixels."},
+    {"u8_hist", py_u8_hist, METH_VARARGS, "Add the per-channel histograms of interleaved uint8 pixels into hist."},
+    {"u16_hist", py_u16_hist, METH_VARARGS, "Add the per-channel histograms of interleaved uint16 pixels into hist."},
     {"lut_apply", py_lut_apply, METH_VARARGS, "Look 8/16-bit pixels up in a per-channel table, into out."},
     {NULL, NULL, 0, NULL}
 };

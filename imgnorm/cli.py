@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import signal
 import warnings
 
@@ -135,6 +134,28 @@ def _floats(ctx, param, value):
                                  ctx, param) from None
 
 
+def _percentile_pair(ctx, param, value):
+    """--clip-percentiles 0.5,99.5."""
+    q = _percentile_list(ctx, param, value)
+    if q is not None and (len(q) != 2 or not q[0] < q[1]):
+        raise click.BadParameter(f"{value!r} is not LO,HI with LO < HI, for example 0.5,99.5", ctx, param)
+    return q
+
+
+def _percentile_list(ctx, param, value):
+    """--percentiles 0.1,2.5,50: numbers of 0..100."""
+    if value is None:
+        return None
+    try:
+        q = [float(v) for v in value.split(",")]
+    except ValueError:
+        q = None
+    if not q or any(not 0 <= v <= 100 for v in q):
+        raise click.BadParameter(f"{value!r} is not a comma list of numbers of 0 to 100, for example 0.5,50,99.5",
+                                 ctx, param)
+    return q
+
+
 def _options(*decorators):
     """Apply option decorators in the order written (as they read in --help)."""
     def apply(fn):
@@ -225,8 +246,11 @@ def cli(debug):
 @click.option("--json", "as_json", is_flag=True, help="Print the stats document (JSON) instead of a table.")
 @click.option("-o", "--output", metavar="FILE|-", help="Also write the stats document to FILE (- for stdout).")
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.option("--percentiles", "q", callback=_percentile_list, metavar="Q[,Q...]",
+              help="Which exact percentiles to report (0..100) [default: 0.5,1,5,25,50,75,95,99,99.5].")
+@click.option("--per-class", is_flag=True, help="Also the statistics of each class within each split.")
 @translate_errors
-def stats(source, as_json, output, force, **opts):
+def stats(source, as_json, output, force, q, per_class, **opts):
     """Count, min, max, mean and std of the pixels, global and per channel.
 
     \b
@@ -237,16 +261,17 @@ def stats(source, as_json, output, force, **opts):
     """
     from .pipeline import compute_stats
     from .report import format_plan, format_stats
+    from .stats import document_json
 
     src = _open(source, opts)
     doc = compute_stats(src, split=opts["split"], batch_size=opts["batch_size"], workers=opts["workers"],
                         on_error=opts["on_error"], show_progress=_show_progress(opts), output=output, force=force,
-                        dry_run=opts["dry_run"])
+                        dry_run=opts["dry_run"], percentiles=q, per_class=per_class)
     if opts["dry_run"]:
-        return emit(json.dumps(doc, indent=2) if as_json else format_plan(doc))
+        return emit(document_json(doc) if as_json else format_plan(doc))
     _report_skipped(src, doc)
     if output != "-":  # -o - printed the document already
-        emit(json.dumps(doc, indent=2) if as_json else format_stats(doc), committed=output is not None)
+        emit(document_json(doc) if as_json else format_stats(doc), committed=output is not None)
 
 
 def _report_skipped(src, doc: dict):
@@ -268,6 +293,10 @@ write_options = _options(
     click.option("--mean", callback=_floats, metavar="M[,M,M]",
                  help="Apply this mean (0-1 scale, RGB order, as torchvision's Normalize); with --std."),
     click.option("--std", callback=_floats, metavar="S[,S,S]", help="Apply this std (0-1 scale, RGB order)."),
+    click.option("--clip-percentiles", callback=_percentile_pair, metavar="LO,HI",
+                 help="Clip the pixels to the fit split's LO and HI percentiles first (exact; per channel with "
+                      "--per-channel): normalize maps them to 0..1, center and standardize use the clipped "
+                      "statistics. 8- and 16-bit pixels."),
     click.option("--force-stats", is_flag=True,
                  help="Apply --stats FILE even if its pixels were read otherwise (size, colour, resize...)."),
     click.option("--max-value", type=float,
@@ -291,7 +320,8 @@ def _scaler(method: str, opts: dict, method_opts: dict, channel_order: str):
 
     stats, mean, std = opts.pop("stats_file"), opts.pop("mean"), opts.pop("std")
     scaler = Scaler(method, per_channel=opts.pop("per_channel"), per_image=opts.pop("per_image"),
-                    max_value=opts.pop("max_value"), **method_opts)  # options checked before anything is read
+                    max_value=opts.pop("max_value"), clip_percentiles=opts.pop("clip_percentiles"),
+                    **method_opts)  # options checked before anything is read
     if (mean is None) != (std is None):
         raise OptionError("give --mean and --std together", option="--mean" if mean is None else "--std")
     if mean is not None and stats is not None:
@@ -309,6 +339,7 @@ def _scaler(method: str, opts: dict, method_opts: dict, channel_order: str):
 def _run_transform(method, source, opts, **method_opts):
     from .pipeline import transform_to_hdf5
     from .report import format_plan
+    from .stats import document_json
 
     if opts["compression"] == "lzf":
         emit("warning: --compression lzf is read only by h5py (not by h5dump, PyTables, MATLAB or other HDF5 "
@@ -320,12 +351,12 @@ def _run_transform(method, source, opts, **method_opts):
     result = transform_to_hdf5(src, opts.pop("output"), scaler, splits=[split] if split else None,
                                show_progress=show, inputs={"--stats": stats_path}, dry_run=dry_run, **opts)
     if dry_run:
-        return emit(json.dumps(result, indent=2) if as_json else format_plan(result))
+        return emit(document_json(result) if as_json else format_plan(result))
     for w in result["warnings"]:
         emit(f"warning: {w}", err=True)
     _report_skipped(src, result["stats"])
     if as_json:
-        emit(json.dumps(_summary(result, method), indent=2), committed=True)
+        emit(document_json(_summary(result, method)), committed=True)
     elif show != "none":
         rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
         emit(f"wrote {result['output']}: {rows} images ({method})", err=True)
@@ -384,8 +415,10 @@ def center(source, unit, **opts):
 @click.option("--clip-rescale", is_flag=True, help="Then clip to [-1, 1] and map to [0, 1] with (v + 1) / 2.")
 @click.option("--epsilon", type=float, default=0.0, show_default=True,
               help="Add to the std (Keras' ImageDataGenerator adds 1e-6).")
+@click.option("--robust", is_flag=True,
+              help="(x - median) / IQR, exact (scikit-learn's RobustScaler, quantile range 25-75).")
 @translate_errors
-def standardize(source, clip_rescale, epsilon, **opts):
+def standardize(source, clip_rescale, epsilon, robust, **opts):
     """Subtract the mean and divide by the std (a zero std gets scale 1).
 
     \b
@@ -395,8 +428,9 @@ def standardize(source, clip_rescale, epsilon, **opts):
       imgnorm standardize new_images/ --size 224x224 --stats train-stats.json -o new.h5
       imgnorm standardize data/photos --size 224 --resize-mode crop --stats imagenet -o photos.h5
       imgnorm standardize data/photos --size 224 --mean 0.5 --std 0.5 -o photos.h5
+      imgnorm standardize ct.npz --robust --clip-percentiles 0.5,99.5 -o ct.h5
     """
-    _run_transform("standardize", source, opts, clip_rescale=clip_rescale, epsilon=epsilon)
+    _run_transform("standardize", source, opts, clip_rescale=clip_rescale, epsilon=epsilon, robust=robust)
 
 
 @cli.command(short_help="Describe an imgnorm HDF5 file, a stats document or a source.")
@@ -419,9 +453,10 @@ def inspect(path, as_json, plot, color, force, quiet):
       imgnorm inspect data/photos --json
     """
     from .describe import inspect_path
+    from .stats import document_json
 
     text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
-    emit(json.dumps(doc, indent=2) if as_json else text, committed=plot is not None)
+    emit(document_json(doc) if as_json else text, committed=plot is not None)
 
 
 def _environment_variables(group: click.Group) -> None:

@@ -28,8 +28,9 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
 
     lower = path.lower()
     kind = "hdf5" if lower.endswith(HDF5_EXTENSIONS) else "stats" if lower.endswith(".json") else "source"
-    if plot is not None and kind != "hdf5":
-        raise OptionError("--plot draws the values stored in an HDF5 file; give an .h5 file", option="--plot")
+    if plot is not None and kind == "source":
+        raise OptionError("--plot draws the values of an HDF5 file or the histograms of a stats document",
+                          option="--plot")
     with OutputSet(force, inputs={"PATH": path}) as outputs:
         plot_out = outputs.add(plot, "--plot", what="the plot") if plot is not None else None
         fmt = report.plot_format(plot) if plot is not None else None
@@ -49,7 +50,12 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
         if kind == "stats":
             from .stats import read_stats_document
             doc = read_stats_document(path)
-            return report.format_stats(doc), doc
+            text = report.format_stats(doc)
+            if plot_out is not None:
+                outputs.set_content(plot_out, report.draw_document_histograms(doc, path, fmt))
+                outputs.commit()
+                text += f"\n\nhistograms: {plot}"
+            return text, doc
     if not os.path.exists(path):
         raise SourceError(f"{printable(path)}: no such file or folder")
     facts = describe_source(path, color=color)

@@ -84,11 +84,49 @@ def shards(source: Source, names: list[str], rows: int | dict[str, int], *, para
 # ------------------------------------------------------------ tasks
 
 
-def stats_task(source: Source, shard: Shard, on_error: str = "fail") -> tuple[RunningStats, list]:
-    """Statistics of a shard; the pixels themselves stay where they were decoded."""
-    rs = RunningStats(source.channels, source.dtype)
-    batch = source.splits[shard.split].read(shard.start, shard.stop, on_error, visit=rs.update, keep=False)
-    return rs, batch.skipped
+class Tally:
+    """What a task counts as it reads: the statistics of its images, and with
+    ``per_class`` those of each class label (the total is then their merge).
+
+    Called as the ``visit`` of :meth:`Split.read`: ``tally(images, rows)``.
+    """
+
+    def __init__(self, source: Source, split: Split, per_class: bool = False):
+        self.source = source
+        self.total = RunningStats(source.channels, source.dtype)
+        self.labels = split.labels if per_class else None
+        self.by_label: dict[int, RunningStats] = {}
+
+    def __call__(self, images, rows) -> None:
+        if self.labels is None:
+            self.total.update(images)
+            return
+        labels = self.labels[np.asarray(rows, dtype=np.int64)]
+        for label in np.unique(labels):
+            picked = images[labels == label] if isinstance(images, np.ndarray) else \
+                [a for a, k in zip(images, labels) if k == label]
+            rs = self.by_label.setdefault(int(label), RunningStats(self.source.channels, self.source.dtype))
+            rs.update(picked)
+
+    def result(self) -> tuple[RunningStats, dict[int, RunningStats] | None]:
+        if self.labels is None:
+            return self.total, None
+        for label in sorted(self.by_label):  # a fixed order: float merges are order-sensitive
+            self.total.merge(self.by_label[label])
+        return self.total, self.by_label
+
+
+def stats_task(source: Source, shard: Shard, on_error: str = "fail", per_class: bool = False):
+    """Statistics of a shard (and of each class in it, with ``per_class``); the
+    pixels themselves stay where they were decoded.
+
+    Returns ``(stats, skipped, stats by class label or None)``.
+    """
+    split = source.splits[shard.split]
+    tally = Tally(source, split, per_class)
+    batch = split.read(shard.start, shard.stop, on_error, visit=tally, keep=False)
+    total, by_label = tally.result()
+    return total, batch.skipped, by_label
 
 
 def read_task(source: Source, shard: Shard, on_error: str = "fail",
@@ -96,7 +134,7 @@ def read_task(source: Source, shard: Shard, on_error: str = "fail",
     """The images of a shard, and their statistics when asked (computed as each is decoded)."""
     rs = RunningStats(source.channels, source.dtype) if with_stats else None
     batch = source.splits[shard.split].read(shard.start, shard.stop, on_error,
-                                            visit=rs.update if rs is not None else None)
+                                            visit=(lambda images, rows: rs.update(images)) if rs is not None else None)
     return batch, rs
 
 
@@ -111,7 +149,8 @@ def _executor(source: Source, names: list[str], workers: int | None, batch_size:
 
 def compute_stats(source: Source, *, split: str | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
                   workers: int | None = None, on_error: str = "fail", show_progress: bool = False,
-                  output: str | None = None, force: bool = False, dry_run: bool = False, executor=None) -> dict:
+                  output: str | None = None, force: bool = False, dry_run: bool = False, percentiles=None,
+                  per_class: bool = False, executor=None) -> dict:
     """Statistics of every split of ``source`` (or of one), as a stats document.
 
     Parameters
@@ -131,12 +170,19 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
     dry_run : bool
         Check ``output`` and count the images, read none: returns the splits
         and their image counts.
+    percentiles : sequence of float, optional
+        The q (0..100) of the exact percentile blocks; default
+        :data:`imgnorm.stats.PERCENTILES`.
+    per_class : bool
+        Also the statistics of each class label within each split.
 
     Returns
     -------
     dict
-        The stats document (format ``imgnorm.stats``): per split, the image and
-        pixel counts and global and per-channel count, mean, var, std, min, max.
+        The stats document (format ``imgnorm.stats``, version 2): per split,
+        the image and pixel counts, global and per-channel count, mean, var,
+        std, min, max, exact percentiles, median, IQR and MAD (integer
+        pixels), the histogram, and the provenance of the numbers.
     """
     names = [source.split(split).name] if split else list(source.splits)
     with OutputSet(force, inputs={"SOURCE": source.path}, dry_run=dry_run) as outputs:
@@ -147,38 +193,53 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
         with executor or _executor(source, names, workers, batch_size) as ex:
             rows = {n: batch_rows(source.splits[n], batch_size) for n in names}
             tasks = shards(source, names, rows, parallel=ex.parallel)
-            results, skipped = _stats_pass(source, tasks, ex, on_error, show_progress)
+            results, classes, skipped = _stats_pass(source, tasks, ex, on_error, per_class, show_progress)
         for name in names:
             if results[name].images_ == 0 and len(source.splits[name]):
                 sk = skipped[name]
                 raise SourceError(f"{printable(source.path)}: no image of split {name} could be read "
                                   f"({len(sk)} skipped, first: {printable(sk[0][0])}: {printable(sk[0][1])})")
         fit = source.fit_split if source.fit_split in results else names[0]
-        doc = stats_document(source=source.name, color=source.color, channels=source.channels,
-                             max_value=source.max_value, splits=results, fit_split=fit,
-                             skipped=_stored(source, list(source.skipped) + [s for n in names for s in skipped[n]]),
-                             extra={"read": source.reading()})
+        doc = document(source, results, fit, [s for n in names for s in skipped[n]], percentiles=percentiles,
+                       classes=classes)
         if out is not None:
             outputs.set_content(out, document_bytes(doc))
             outputs.commit()
     return doc
 
 
-def _stats_pass(source: Source, tasks: list[Shard], ex, on_error: str, show_progress: bool):
+def document(source: Source, results: dict[str, RunningStats], fit_split: str, skipped: list, *,
+             max_value=None, percentiles=None, classes: dict | None = None) -> dict:
+    """The stats document of what was read of ``source``, with its provenance."""
+    from . import __version__
+
+    return stats_document(source=source.name, color=source.color, channels=source.channels,
+                          max_value=max_value if max_value is not None else source.max_value, splits=results,
+                          fit_split=fit_split, skipped=_stored(source, list(source.skipped) + list(skipped)),
+                          percentiles=percentiles, classes=classes, class_names=source.class_names,
+                          extra={"provenance": {"imgnorm_version": __version__, "read": source.reading(),
+                                                "files": source.digests()}})
+
+
+def _stats_pass(source: Source, tasks: list[Shard], ex, on_error: str, per_class: bool, show_progress):
     names = list(dict.fromkeys(t.split for t in tasks)) or list(source.splits)
     results = {name: RunningStats(source.channels, source.dtype) for name in names}
+    classes: dict[str, dict[int, RunningStats]] = {name: {} for name in names}
     skipped: dict[str, list] = {name: [] for name in names}
     with ExitStack() as bars:
         bar, current = None, None
-        for task, (part, skip) in zip(tasks, ex.map(partial(stats_task, on_error=on_error), tasks)):
+        for task, (part, skip, by_label) in zip(tasks, ex.map(
+                partial(stats_task, on_error=on_error, per_class=per_class), tasks)):
             if task.split != current:  # a bar per split, in turn
                 bars.close()
                 current = task.split
                 bar = bars.enter_context(progress(len(source.splits[current]), f"stats {current}", show_progress))
             results[task.split].merge(part)
+            for label, rs in (by_label or {}).items():
+                classes[task.split].setdefault(label, RunningStats(source.channels, source.dtype)).merge(rs)
             skipped[task.split].extend(skip)
             bar.update(task.stop - task.start)
-    return results, skipped
+    return results, (classes if per_class else None), skipped
 
 
 def _stored(source: Source, skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -266,6 +327,11 @@ def plan_write(source: Source, scaler: Scaler, *, splits: list[str] | None = Non
         raise OptionError("--stats applies saved statistics; it cannot take --fit-split")
     max_value = scaler.max_value or source.max_value
     _check_scaler_fits(source, scaler, max_value, force_stats)
+    if (scaler.robust or scaler.clip_percentiles) and not scaler.per_image and source.dtype.kind == "f":
+        raise OptionError(f"{'--robust' if scaler.robust else '--clip-percentiles'} needs exact percentiles, which "
+                          f"come from 8- or 16-bit pixels; {printable(source.path)} holds {source.dtype} "
+                          "(use --per-image for each image's own)", option="--robust" if scaler.robust
+                          else "--clip-percentiles")
     if scaler.per_image and (scaler.method == "normalize" and not scaler.minmax
                              or scaler.method == "center" and scaler.unit):
         need_max_value(max_value)
@@ -299,7 +365,7 @@ def _check_scaler_fits(source: Source, scaler: Scaler, max_value, force_stats: b
     if want is not None and doc.get("max_value") != want:
         raise StatsFileError(f"the stats document is for pixels with max value {doc.get('max_value')}, "
                              f"{printable(source.path)} has {want}")
-    read = doc.get("read")
+    read = (doc.get("provenance") or {}).get("read") if isinstance(doc.get("provenance"), dict) else None
     if isinstance(read, dict) and not force_stats:
         here = source.reading()
         for key in ("color", "channel_order", "size", "resize_mode", "interpolation", "pad_value", "draft"):
@@ -422,7 +488,7 @@ def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, sho
         # spends its time in ISA-L and the C kernel; the workers have forked already.
         threading.Thread(target=importlib.import_module, args=(f"{__package__}.store",), daemon=True,
                          name="imgnorm-import").start()
-        state = _WriteState(list(plan.source.skipped))
+        state = _WriteState([])
         if plan.fit:
             state.results[plan.fit_split] = fit_pass(plan, scaler, ex, cache, state.skipped, show_progress)
             if plan.dtype == np.float16:
@@ -462,7 +528,7 @@ def fit_pass(plan: WritePlan, scaler: Scaler, ex, cache: "PixelCache", skipped: 
     if cache.holds(name):
         parts = ex.map(partial(cache_task, path=cache.path, shape=shape, on_error=plan.on_error), tasks)
     elif ex.parallel or source.decodes:
-        parts = ex.map(partial(stats_task, on_error=plan.on_error), tasks)
+        parts = ex.map(partial(stats_task, on_error=plan.on_error), tasks)  # (stats, skipped, None)
     else:  # arrays, read here: a batch's statistics are computed while the next one is read
         parts = _stats_here(source, ex.map(partial(read_task, on_error=plan.on_error), tasks), shape)
     with progress(len(split), f"stats {name}", show_progress) as bar:
@@ -470,7 +536,7 @@ def fit_pass(plan: WritePlan, scaler: Scaler, ex, cache: "PixelCache", skipped: 
             part, skip = result[0], result[1]
             rs.merge(part)
             skipped.extend(skip)
-            if len(result) > 2:
+            if cache.holds(name):
                 cache.record(result[2])
             bar.update(task.stop - task.start)
     if rs.images_ == 0:
@@ -492,7 +558,8 @@ def cache_task(source: Source, shard: Shard, path: str, shape: tuple, on_error: 
     Returns ``(stats, skipped, rows kept)``.
     """
     rs = RunningStats(source.channels, source.dtype)
-    batch = source.splits[shard.split].read(shard.start, shard.stop, on_error, visit=rs.update)
+    batch = source.splits[shard.split].read(shard.start, shard.stop, on_error,
+                                            visit=lambda images, rows: rs.update(images))
     x = _as_array(batch, shape)
     rows = batch.rows
     row_bytes = int(np.prod(shape)) * x.dtype.itemsize
@@ -564,23 +631,25 @@ def _finish(plan: WritePlan, scaler: Scaler, writer, state: _WriteState) -> dict
                         " in some channel; those channels got scale 1 (a blank image becomes zeros)")
     results = state.results
     # every split read, in the source's order: the written ones and the fit split
-    doc = stats_document(source=source.name, color=source.color, channels=source.channels,
-                         max_value=plan.max_value, splits={n: results[n] for n in source.splits if n in results},
-                         fit_split=plan.fit_split if plan.fit_split in results else plan.names[0],
-                         skipped=_stored(source, state.skipped), extra={"read": source.reading()})
+    doc = document(source, {n: results[n] for n in source.splits if n in results},
+                   plan.fit_split if plan.fit_split in results else plan.names[0],
+                   state.skipped, max_value=plan.max_value)
+    skipped = list(source.skipped) + state.skipped
     options = _options_attr(plan, scaler, scaling)
     writer.set_attrs(stats=json.dumps(applied or doc), class_names=source.class_names, method=scaler.method,
                      options=options, source=printable(source.name),
                      imgnorm_version=__version__,
-                     skipped=[{"file": f, "reason": r} for f, r in _stored(source, state.skipped)] or None)
+                     skipped=[{"file": f, "reason": r} for f, r in _stored(source, skipped)] or None)
     return {"rows": state.rows, "stats": doc, "applied": applied or doc, "warnings": warnings,
-            "skipped": state.skipped, "options": options}
+            "skipped": skipped, "options": options}
 
 
 def _options_attr(plan: WritePlan, scaler: Scaler, scaling) -> dict:
     """Every option of the run, for the ``options`` attribute."""
     options = {"per_channel": scaler.per_channel, "per_image": scaler.per_image, "minmax": scaler.minmax,
                "unit": scaler.unit, "clip_rescale": scaler.clip_rescale, "epsilon": scaler.epsilon or 0.0,
+               "robust": scaler.robust,
+               "clip_percentiles": list(scaler.clip_percentiles) if scaler.clip_percentiles else None,
                "fit_split": plan.fit_split,
                "stats": scaler._preset or ("constants" if scaler._constants else None)
                or ("file" if scaler._doc is not None else None),
@@ -589,6 +658,8 @@ def _options_attr(plan: WritePlan, scaler: Scaler, scaling) -> dict:
     if scaling is not None:  # y = (x - offset) / scale on the pixels' scale
         options["offset"] = scaling.data_offset.tolist()
         options["scale"] = scaling.data_scale.tolist()
+        if scaling.clip_lo is not None:  # after clipping the pixels to [clip_lo, clip_hi]
+            options["clip_lo"], options["clip_hi"] = scaling.clip_lo.tolist(), scaling.clip_hi.tolist()
     return options
 
 

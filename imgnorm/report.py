@@ -20,7 +20,8 @@ def _fmt(v, width: int = 12, digits: int = 6) -> str:
 
 
 def format_stats(doc: dict) -> str:
-    """A table per split: images, pixels, global and per-channel statistics.
+    """A table per split: images, pixels, global and per-channel statistics,
+    then the exact percentiles, median, IQR and MAD (integer pixels).
 
     With a known ``max_value`` it adds mean and std on the 0-1 scale, the
     numbers torchvision's ``Normalize`` wants.
@@ -30,25 +31,51 @@ def format_stats(doc: dict) -> str:
     lines = [f"source: {doc['source']}",
              f"color: {doc['color']}  channels: {doc['channels']}  max value: {mv if mv else 'none (float)'}  "
              f"fit split: {doc['fit_split']}"]
-    head = f"  {'':8}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}"
-    if mv:
-        head += f"{'mean/' + str(mv):>12}{'std/' + str(mv):>12}"
     for name, s in doc["splits"].items():
-        shape = "x".join(str(d) for d in s["shape"]) if s["shape"] else "mixed sizes"
-        lines += ["", f"split {name}: {s['images']:,} images, {s['pixels']:,} pixels per channel, shape {shape}",
-                  head]
-        g, pc = s["global"], s["per_channel"]
-        rows = [("global", g["mean"], g["std"], g["min"], g["max"])]
-        rows += [(names[c], pc["mean"][c], pc["std"][c], pc["min"][c], pc["max"][c]) for c in range(len(names))]
-        for label, mean, std, lo, hi in rows:
-            line = f"  {label:8}{_fmt(mean)}{_fmt(std)}{_fmt(lo)}{_fmt(hi)}"
-            if mv and mean is not None:
-                line += f"{mean / mv:>12.6f}{std / mv:>12.6f}"
-            lines.append(line)
+        lines += ["", *_split_table(f"split {name}", s, names, mv)]
+        for cls, sub in (s.get("classes") or {}).items():
+            lines += ["", *_split_table(f"  split {name}, class {cls}", sub, names, mv)]
     if doc.get("skipped"):
         lines += ["", f"skipped {len(doc['skipped'])} unreadable image(s):"]
         lines += [f"  {s['file']}: {s['reason']}" for s in doc["skipped"]]
     return "\n".join(lines)
+
+
+def _split_table(title: str, s: dict, names: list[str], mv) -> list[str]:
+    shape = "x".join(str(d) for d in s["shape"]) if s["shape"] else "mixed sizes"
+    head = f"  {'':8}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}"
+    if mv:
+        head += f"{'mean/' + str(mv):>12}{'std/' + str(mv):>12}"
+    lines = [f"{title}: {s['images']:,} images, {s['pixels']:,} pixels per channel, shape {shape}", head]
+    g, pc = s["global"], s["per_channel"]
+    rows = [("global", g["mean"], g["std"], g["min"], g["max"])]
+    rows += [(names[c], pc["mean"][c], pc["std"][c], pc["min"][c], pc["max"][c]) for c in range(len(names))]
+    for label, mean, std, lo, hi in rows:
+        line = f"  {label:8}{_fmt(mean)}{_fmt(std)}{_fmt(lo)}{_fmt(hi)}"
+        if mv and mean is not None:
+            line += f"{mean / mv:>12.6f}{std / mv:>12.6f}"
+        lines.append(line)
+    return lines + _percentile_table(s.get("percentiles"), names)
+
+
+def _percentile_table(block: dict | None, names: list[str]) -> list[str]:
+    """The exact percentiles (numpy's linear method), median, IQR and MAD."""
+    if not block:
+        return []
+    if block.get("global") is None:
+        return [f"  percentiles: none ({block.get('reason')})"]
+    cols = [f"p{_q(q)}" for q in block["q"]] + ["median", "IQR", "MAD"]
+    width = max(9, max(len(c) for c in cols) + 1)
+    lines = [f"  {'':8}" + "".join(f"{c:>{width}}" for c in cols)]
+    rows = [("global", block["global"])] + list(zip(names, block["per_channel"]))
+    for label, r in rows:
+        values = r["percentiles"] + [r["median"], r["iqr"], r["mad"]]
+        lines.append(f"  {label:8}" + "".join(_fmt(v, width, 2) for v in values))
+    return lines
+
+
+def _q(q: float) -> str:
+    return str(int(q)) if float(q).is_integer() else f"{q:g}"
 
 
 def format_plan(plan: dict) -> str:
@@ -87,10 +114,18 @@ def format_h5(info: dict) -> str:
     opts = attrs.get("options") or {}
     lines = [f"file: {path}", f"written by imgnorm {attrs.get('imgnorm_version')} from {attrs.get('source')}",
              f"method: {attrs.get('method')}  options: "
-             + ", ".join(f"{k}={v}" for k, v in opts.items() if v not in (None, False) and k not in ("offset", "scale"))]
+             + ", ".join(f"{k}={v}" for k, v in opts.items()
+                         if v not in (None, False) and k not in ("offset", "scale", "clip_lo", "clip_hi"))]
     if "offset" in opts:
-        lines.append(f"applied: (x - {_vec(opts['offset'])}) / {_vec(opts['scale'])}"
+        clip = f"clip x to [{_vec(opts['clip_lo'])}, {_vec(opts['clip_hi'])}], then " if "clip_lo" in opts else ""
+        lines.append(f"applied: {clip}(x - {_vec(opts['offset'])}) / {_vec(opts['scale'])}"
                      + ("  then clip to [-1, 1] and (v + 1) / 2" if opts.get("clip_rescale") else ""))
+    stats = attrs.get("stats") or {}
+    fit = (stats.get("splits") or {}).get(stats.get("fit_split"), {})
+    if fit.get("percentiles", {}).get("global"):
+        names = channel_names(stats.get("color", "keep"), stats.get("channels", 1))
+        lines += [f"pixel percentiles of the statistics applied (split {stats['fit_split']}):",
+                  *_percentile_table(fit["percentiles"], names)]
     if attrs.get("class_names"):
         lines.append(f"classes ({len(attrs['class_names'])}): {', '.join(attrs['class_names'])}")
     if attrs.get("skipped"):
@@ -168,12 +203,50 @@ def plot_format(path: str) -> str:
 
 
 def draw_histograms(info: dict, hist: dict, fmt: str = "png") -> bytes:
-    """Histograms of the stored values: one panel per split, one line per channel.
+    """Histograms of the values stored in an HDF5 file: one panel per split, one
+    line per channel. ``hist`` maps split names to ``(edges, counts)`` with
+    edges (channels, n + 1) and counts (channels, n)."""
+    color = (info["attrs"].get("stats") or {}).get("color", "keep")
+    opts = info["attrs"].get("options") or {}
+    panels = []
+    for name in [n for n in info["splits"] if n in hist]:
+        edges, counts = hist[name]
+        c = info["check"][name]
+        panels.append((f"/{name}/x: {info['splits'][name]['shape'][0]:,} images, mean {c['global']['mean']:.4g}, "
+                       f"std {c['global']['std']:.4g}", edges, counts, channel_names(color, counts.shape[0]),
+                       "stored value" + (" (one bin per pixel level)" if edges.shape[1] - 1 in (256, 65536) else "")))
+    title = f"{info['path']}: {info['attrs'].get('method')}" + (f", {opts.get('dtype')}" if opts.get("dtype") else "")
+    return _draw(panels, title, fmt)
 
-    ``hist`` maps split names to ``(edges, counts)`` with edges (channels,
-    n + 1) and counts (channels, n). Drawn with matplotlib (``imgnorm[plot]``),
-    without pyplot: no global state, no display needed.
-    """
+
+def draw_document_histograms(doc: dict, path: str, fmt: str = "png") -> bytes:
+    """The exact pixel histograms of a stats document: one panel per split."""
+    import numpy as np
+
+    from .stats import RunningStats, level_values
+
+    panels = []
+    for name, entry in doc["splits"].items():
+        if entry.get("hist") is None:
+            continue
+        rs = RunningStats.from_dict(entry)
+        values = level_values(rs.dtype)
+        order = np.argsort(values, kind="stable")
+        v = values[order].astype(np.float64)
+        edges = np.tile(np.append(v - 0.5, v[-1] + 0.5), (rs.channels, 1))
+        panels.append((f"split {name}: {entry['images']:,} images, mean {entry['global']['mean']:.4g}, "
+                       f"std {entry['global']['std']:.4g}", edges, rs.hist_[:, order],
+                       channel_names(doc.get("color", "keep"), rs.channels), "pixel value (one bin per level)"))
+    if not panels:
+        from .errors import OptionError
+        raise OptionError(f"{path} holds no histograms (float pixels, or a version 1 document)", option="--plot")
+    return _draw(panels, f"{path}: pixels of {doc['source']}", fmt)
+
+
+def _draw(panels: list, title: str, fmt: str) -> bytes:
+    """Step histograms with matplotlib (``imgnorm[plot]``), without pyplot: no
+    global state, no display needed. ``panels``: (title, edges, counts, channel
+    names, x label) each."""
     import io
 
     from .errors import OptionError
@@ -182,25 +255,18 @@ def draw_histograms(info: dict, hist: dict, fmt: str = "png") -> bytes:
     except ImportError:
         raise OptionError("--plot draws with matplotlib, which is not installed: pip install 'imgnorm[plot]'",
                           option="--plot") from None
-    names = [n for n in info["splits"] if n in hist]
-    color = (info["attrs"].get("stats") or {}).get("color", "keep")
-    opts = info["attrs"].get("options") or {}
-    fig = Figure(figsize=(8, 2.8 * max(1, len(names))), layout="constrained")
-    axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
-    for ax, name in zip(axes, names):
-        edges, counts = hist[name]
-        c = info["check"][name]
-        for k, label in enumerate(channel_names(color, counts.shape[0])):
+    fig = Figure(figsize=(8, 2.8 * max(1, len(panels))), layout="constrained")
+    axes = fig.subplots(max(1, len(panels)), 1, squeeze=False)[:, 0]
+    for ax, (name, edges, counts, labels, xlabel) in zip(axes, panels):
+        for k, label in enumerate(labels):
             ax.stairs(counts[k], edges[k], label=label, color=_PLOT_COLORS.get(label), linewidth=1.2)
-        ax.set_title(f"/{name}/x: {info['splits'][name]['shape'][0]:,} images, mean {c['global']['mean']:.4g}, "
-                     f"std {c['global']['std']:.4g}", fontsize=10)
-        ax.set_xlabel("stored value" + (" (one bin per pixel level)" if edges.shape[1] - 1 in (256, 65536) else ""))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("pixels")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
         ax.legend(title="channel", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{info['path']}: {info['attrs'].get('method')}"
-                 + (f", {opts.get('dtype')}" if opts.get("dtype") else ""), fontsize=11)
+    fig.suptitle(title, fontsize=11)
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=100)
     return buf.getvalue()

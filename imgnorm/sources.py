@@ -9,6 +9,7 @@ sorted order.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -66,9 +67,10 @@ class Split:
     def read(self, start: int, stop: int, on_error: str = "fail", visit=None, keep: bool = True) -> Batch:
         """Read images ``start:stop`` as one :class:`Batch`.
 
-        ``visit``, if given, is called with the pixels as soon as they are
-        read (one image at a time for folders), while they are still in the
-        CPU cache: statistics computed there cost a fraction of a later pass.
+        ``visit``, if given, is called as ``visit(images, rows)`` with the
+        pixels as soon as they are read (one image at a time for folders),
+        while they are still in the CPU cache, and their rows in the split:
+        statistics computed there cost a fraction of a later pass.
         With ``keep=False`` the batch carries no pixels (only labels, files and
         skipped), so each decoded image's memory is reused by the next.
         """
@@ -139,6 +141,25 @@ class Source:
     def reached_name(self, stored: str) -> str:
         """The path of a file recorded by :meth:`stored_name`, as the source was given."""
         return os.path.join(self.path, stored) if self.kind == "folder" else self.path
+
+    def digests(self) -> dict:
+        """Per split, the number of files and a SHA-256 of their sorted names
+        (relative to the source) with their sizes: which files the numbers
+        came from, so that a document can be traced, and checked, later."""
+        out = {}
+        for name, split in self.splits.items():
+            if split.files is not None:
+                sizes = getattr(split, "sizes", None)
+                if sizes is None:
+                    sizes = [os.path.getsize(f) for f in split.files]
+                entries = sorted((os.fsencode(self.stored_name(f)), int(n)) for f, n in zip(split.files, sizes))
+            else:
+                entries = [(os.fsencode(os.path.basename(self.path)), os.path.getsize(self.path))]
+            h = hashlib.sha256()
+            for rel, size in entries:
+                h.update(rel + b"\t" + str(size).encode() + b"\n")
+            out[name] = {"count": len(entries), "sha256": h.hexdigest()}
+        return out
 
     def reading(self) -> dict:
         """How the pixels are read, as documents and HDF5 attributes record it."""
@@ -302,7 +323,7 @@ class FolderSplit(Split):
                     raise ImageError(self.files[i], f"has {a.shape[2]} channel(s) of {a.dtype}, but the first "
                                      f"image has {c} of {t}; read all alike with --color rgb or --color gray")
                 if visit is not None:
-                    visit([a])
+                    visit([a], [i])
                 if keep:
                     images.append(a)
                 kept.append(i)
@@ -365,8 +386,8 @@ class _Walk:
     def root(self, path: str) -> _Dir:
         return _Dir(path, os.path.realpath(path))
 
-    def entries(self, d: _Dir, chain: tuple[str, ...] = ()) -> tuple[list[tuple[str, int, int]], list[_Dir]]:
-        """``(image files as (path, st_dev, st_ino), subfolders)`` of ``d``, each sorted by name.
+    def entries(self, d: _Dir, chain: tuple[str, ...] = ()) -> tuple[list[tuple[str, int, int, int]], list[_Dir]]:
+        """``(image files as (path, st_dev, st_ino, st_size), subfolders)`` of ``d``, each sorted by name.
 
         Only the file's identity is kept of its stat: a stat result takes some
         600 bytes, which for millions of files would outlive the listing in
@@ -399,7 +420,7 @@ class _Walk:
                 if sub is not None:
                     dirs.append(sub)
             elif stat.S_ISREG(st.st_mode) and _is_image(entry.name):
-                files.append((entry.path, st.st_dev, st.st_ino))
+                files.append((entry.path, st.st_dev, st.st_ino, st.st_size))
             else:
                 self.ignored.append((entry.path, "not an image file"))
         return files, dirs
@@ -416,7 +437,7 @@ class _Walk:
             return None
         return _Dir(entry.path, real)
 
-    def images(self, d: _Dir, chain: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
+    def images(self, d: _Dir, chain: tuple[str, ...] = ()) -> list[tuple[str, int, int, int]]:
         """Image files below ``d``, recursively; Keras' order: by folder path, then by file name."""
         chain = chain + (d.real,)
         files, dirs = self.entries(d, chain)
@@ -449,7 +470,7 @@ def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Sourc
 
     # Classes: the union of every split's subfolders, so labels agree across splits.
     class_names = sorted({os.path.basename(d.path) for _, dirs in listed.values() for d in dirs})
-    found: dict[str, list[tuple[str, int, int]]] = {}
+    found: dict[str, np.ndarray] = {}
     splits: dict[str, Split] = {}
     for name, (files, dirs) in listed.items():
         chain = (root.real, split_dirs[name].real) if name != "all" else (root.real,)
@@ -465,9 +486,13 @@ def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Sourc
             lab = np.asarray(labels, dtype=np.int64)
         else:  # no subfolders anywhere: the images in the split folder itself, unlabelled
             images, lab = files, None
-        found[name] = images
+        # Compact each split as soon as it is listed: a tuple per file costs
+        # some 250 bytes more than these arrays, for millions of files.
+        found[name] = np.array([f[1:3] for f in images], dtype=np.uint64).reshape(-1, 2)
         splits[name] = FolderSplit(name, [f[0] for f in images], lab, color, resize)
-    _check_leakage(found)
+        splits[name].sizes = np.array([f[3] for f in images], dtype=np.int64)
+        del images
+    _check_leakage(found, splits)
     n_images = sum(len(s) for s in splits.values())
     if n_images == 0:
         other = len(walk.ignored) + len(walk.skipped)
@@ -480,18 +505,21 @@ def _open_folder(path: str, color: str, resize, on_error: str = "fail") -> Sourc
                   channels=channels, dtype=dtype, skipped=walk.skipped, ignored=walk.ignored)
 
 
-def _check_leakage(found: dict[str, list[tuple[str, int, int]]]) -> None:
-    """Refuse one image file (one inode) reached from two splits: it would leak between them."""
+def _check_leakage(found: dict[str, np.ndarray], splits: dict[str, Split]) -> None:
+    """Refuse one image file (one inode) reached from two splits: it would leak between them.
+
+    ``found`` maps each split to its files' ``(st_dev, st_ino)``, shape (N, 2).
+    """
     if len(found) < 2:
         return
-    dev = np.array([f[1] for files in found.values() for f in files], dtype=np.uint64)
-    ino = np.array([f[2] for files in found.values() for f in files], dtype=np.uint64)
+    ids = np.concatenate(list(found.values()))
+    dev, ino = ids[:, 0], ids[:, 1]
     split = np.repeat(np.arange(len(found)), [len(files) for files in found.values()])
     order = np.lexsort((split, ino, dev))
     d, i, s = dev[order], ino[order], split[order]
     clash = np.flatnonzero((d[1:] == d[:-1]) & (i[1:] == i[:-1]) & (s[1:] != s[:-1]))
     if clash.size:
-        paths = [f[0] for files in found.values() for f in files]
+        paths = [f for name in found for f in splits[name].files]
         a, b = order[clash[0]], order[clash[0] + 1]
         names = list(found)
         raise SourceError(f"{show_path(paths[a])} (split {names[split[a]]}) and {show_path(paths[b])} (split "
@@ -560,7 +588,7 @@ class ArraySplit(Split):
             raise SourceError(f"{self._x.where}: image {bad} holds NaN or infinity; "
                               "clean the array before normalizing")
         if visit is not None:
-            visit(x)
+            visit(x, range(start, stop))
         labels = self.labels[start:stop] if self.labels is not None else None
         return Batch(x, labels, None, start)
 

@@ -20,7 +20,8 @@ import numpy as np
 from .errors import StatsFileError
 
 FORMAT = "imgnorm.stats"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # the document versions this imgnorm reads
 
 
 def _exact_dtype(dtype: np.dtype) -> bool:
@@ -28,14 +29,19 @@ def _exact_dtype(dtype: np.dtype) -> bool:
 
 
 class RunningStats:
-    """Count, min, max, mean and variance per channel, updated batch by batch.
+    """Count, min, max, mean and variance per channel, updated batch by batch;
+    for integer pixels, the exact histogram they all come from.
 
     Parameters
     ----------
     channels : int
         Number of channels (the last axis of every image).
     dtype : numpy dtype
-        Pixel type; integers of up to 16 bits are accumulated exactly.
+        Pixel type. Integers of up to 16 bits (uint8, uint16, int8, int16,
+        bool) are counted level by level: a histogram of 256 or 65,536 bins
+        per channel, from which sums, minima, maxima and percentiles are exact
+        and which merges exactly in any order. Float pixels are merged with
+        Chan, Golub and LeVeque's update.
 
     Attributes
     ----------
@@ -45,6 +51,10 @@ class RunningStats:
         Pixels seen per channel (pixels = height * width, summed over images).
     shape_ : tuple (height, width, channels) or None
         The shared image shape, or None once two sizes have been seen.
+    hist_ : ndarray of shape (channels, levels), uint64, or None
+        Integer pixels: the count of every level (bin ``i`` holds the value
+        ``level_values[i]``). None for float pixels, and for statistics read
+        from a document that has no histogram (version 1).
     """
 
     def __init__(self, channels: int, dtype):
@@ -55,12 +65,14 @@ class RunningStats:
         self.count_ = 0
         self.shape_: tuple[int, ...] | None = None
         self._shape_seen = False
-        self.min_ = np.full(self.channels, np.inf)
-        self.max_ = np.full(self.channels, -np.inf)
+        self.hist_: np.ndarray | None = None
         if self.exact:
-            self.sum_ = [0] * self.channels  # exact Python integers
-            self.sum_sq_ = [0] * self.channels
+            self.levels = 1 << (8 * self.dtype.itemsize)
+            self.hist_ = np.zeros((self.channels, self.levels), np.uint64)
+            self._sums: tuple | None = None  # (sum, sum_sq, min, max) when there is no histogram
         else:
+            self._min = np.full(self.channels, np.inf)
+            self._max = np.full(self.channels, -np.inf)
             # Float data are shifted by their first value per channel, so that
             # the running mean and the merge deltas are of the order of the
             # spread of the data, not of its offset.
@@ -102,20 +114,21 @@ class RunningStats:
         if n == 0:
             return
         if self.exact:
-            s, q, lo, hi = integer_channel_stats(x)
-            self.sum_ = [a + b for a, b in zip(self.sum_, s)]
-            self.sum_sq_ = [a + b for a, b in zip(self.sum_sq_, q)]
+            if self.hist_ is None:
+                raise ValueError("these statistics have no histogram (read from a version 1 document); "
+                                 "they can be merged into, not added to")
+            add_histogram(x, self.hist_)
             self.count_ += n
-        else:
-            lo, hi = x.min(axis=0), x.max(axis=0)
-            if self.count_ == 0:
-                self.shift_ = x[0].astype(np.float64)
-            xf = x.astype(np.float64) - self.shift_
-            new_mean = xf.mean(axis=0)
-            new_m2 = ((xf - new_mean) ** 2).sum(axis=0)
-            self._chan_merge(n, new_mean, new_m2)
-        self.min_ = np.minimum(self.min_, lo)
-        self.max_ = np.maximum(self.max_, hi)
+            return
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        if self.count_ == 0:
+            self.shift_ = x[0].astype(np.float64)
+        xf = x.astype(np.float64) - self.shift_
+        new_mean = xf.mean(axis=0)
+        new_m2 = ((xf - new_mean) ** 2).sum(axis=0)
+        self._chan_merge(n, new_mean, new_m2)
+        self._min = np.minimum(self._min, lo)
+        self._max = np.maximum(self._max, hi)
 
     def _chan_merge(self, new_n: int, new_mean: np.ndarray, new_m2: np.ndarray):
         # Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise
@@ -138,13 +151,19 @@ class RunningStats:
         elif other._shape_seen and other.shape_ != self.shape_:
             self.shape_ = None
         self.images_ += other.images_
-        self.min_ = np.minimum(self.min_, other.min_)
-        self.max_ = np.maximum(self.max_, other.max_)
         if self.exact:
-            self.sum_ = [a + b for a, b in zip(self.sum_, other.sum_)]
-            self.sum_sq_ = [a + b for a, b in zip(self.sum_sq_, other.sum_sq_)]
+            if self.hist_ is not None and other.hist_ is not None and self.dtype == other.dtype:
+                self.hist_ += other.hist_
+            else:  # one side has sums only (a version 1 document): so has the merge
+                s, o = self._exact_sums(), other._exact_sums()
+                self._sums = ([a + b for a, b in zip(s[0], o[0])], [a + b for a, b in zip(s[1], o[1])],
+                              np.minimum(s[2], o[2]), np.maximum(s[3], o[3]))
+                self.hist_ = None
             self.count_ += other.count_
-        elif other.count_:
+            return self
+        self._min = np.minimum(self._min, other._min)
+        self._max = np.maximum(self._max, other._max)
+        if other.count_:
             if self.count_ == 0:
                 self.shift_ = other.shift_.copy()
             # other's mean in this object's shifted coordinates; the shift
@@ -153,6 +172,40 @@ class RunningStats:
         return self
 
     # ---------------------------------------------------------------- results
+
+    @property
+    def level_values(self) -> np.ndarray:
+        """The pixel value of each histogram bin, shape (levels,): the bins are
+        the levels' bit patterns read as unsigned (int8's -1 is bin 255)."""
+        return level_values(self.dtype)
+
+    def _exact_sums(self) -> tuple:
+        """Per channel: exact sum, sum of squares (Python ints), min, max (float arrays)."""
+        if self.hist_ is None:
+            return self._sums
+        values = self.level_values
+        sums, sqs = [], []
+        lo = np.full(self.channels, np.inf)
+        hi = np.full(self.channels, -np.inf)
+        for c in range(self.channels):
+            nz = np.flatnonzero(self.hist_[c])
+            counts = [int(v) for v in self.hist_[c][nz]]
+            vals = [int(v) for v in values[nz]]
+            sums.append(sum(k * v for k, v in zip(counts, vals)))
+            sqs.append(sum(k * v * v for k, v in zip(counts, vals)))
+            if nz.size:
+                lo[c], hi[c] = min(vals), max(vals)
+        return sums, sqs, lo, hi
+
+    @property
+    def sum_(self) -> list[int]:
+        """Exact per-channel sums (integer pixels)."""
+        return self._exact_sums()[0]
+
+    @property
+    def sum_sq_(self) -> list[int]:
+        """Exact per-channel sums of squares (integer pixels)."""
+        return self._exact_sums()[1]
 
     @property
     def mean_(self) -> np.ndarray:
@@ -165,18 +218,32 @@ class RunningStats:
     def var_(self) -> np.ndarray:
         """Per-channel population variance (ddof=0), shape (channels,)."""
         if self.exact:
-            return np.array([_exact_var(s, q, self.count_) for s, q in zip(self.sum_, self.sum_sq_)])
+            s, q = self._exact_sums()[:2]
+            return np.array([_exact_var(a, b, self.count_) for a, b in zip(s, q)])
         return self.m2_ / self.count_ if self.count_ else np.full(self.channels, np.nan)
 
     @property
     def std_(self) -> np.ndarray:
         return np.sqrt(self.var_)
 
+    @property
+    def min_(self) -> np.ndarray:
+        """Per-channel minimum, shape (channels,) (inf before any pixel)."""
+        return self._exact_sums()[2] if self.exact else self._min
+
+    @property
+    def max_(self) -> np.ndarray:
+        """Per-channel maximum, shape (channels,) (-inf before any pixel)."""
+        return self._exact_sums()[3] if self.exact else self._max
+
     def global_stats(self) -> dict:
         """Statistics of all channels pooled together."""
         n = self.count_ * self.channels
+        if not n:
+            return {"count": 0, "mean": None, "var": None, "std": None, "min": None, "max": None}
         if self.exact:
-            s, q = sum(self.sum_), sum(self.sum_sq_)
+            s_, q_, lo, hi = self._exact_sums()
+            s, q = sum(s_), sum(q_)
             mean, var = _ratio(s, n), _exact_var(s, q, n)
         else:
             pooled = RunningStats(1, np.float64)
@@ -185,13 +252,16 @@ class RunningStats:
                 one.count_, one.images_ = self.count_, 1
                 one.shift_, one._mean, one.m2_ = self.shift_[c:c + 1], self._mean[c:c + 1], self.m2_[c:c + 1]
                 pooled.merge(one)
-            mean = float(pooled.mean_[0]) if n else math.nan
-            var = float(pooled.m2_[0] / n) if n else math.nan
-        return {"count": n, "mean": mean, "var": var, "std": math.sqrt(var) if n else math.nan,
-                "min": _num(self.min_.min()) if n else None, "max": _num(self.max_.max()) if n else None}
+            mean, var = float(pooled.mean_[0]), float(pooled.m2_[0] / n)
+            lo, hi = self._min, self._max
+        return {"count": n, "mean": mean, "var": var, "std": math.sqrt(var),
+                "min": _num(lo.min()), "max": _num(hi.max())}
 
-    def to_dict(self) -> dict:
-        """The split entry of a stats document, with sufficient statistics for merging."""
+    def to_dict(self, percentiles=None) -> dict:
+        """The split entry of a stats document, with sufficient statistics for
+        merging (the histogram of integer pixels, or Chan's sums of float
+        ones) and, for integer pixels, exact percentiles (``percentiles``:
+        the q in 0..100; default :data:`PERCENTILES`)."""
         has = self.count_ > 0
         d = {
             "images": self.images_,
@@ -208,16 +278,32 @@ class RunningStats:
             },
         }
         if self.exact:
-            d["sums"] = {"kind": "exact", "dtype": self.dtype.name, "sum": list(self.sum_),
-                         "sum_sq": list(self.sum_sq_)}
+            s, q = self._exact_sums()[:2]
+            d["sums"] = {"kind": "exact", "dtype": self.dtype.name, "sum": list(s), "sum_sq": list(q)}
         else:
             d["sums"] = {"kind": "chan", "dtype": self.dtype.name, "shift": [float(v) for v in self.shift_],
                          "mean": [float(v) for v in self._mean], "m2": [float(v) for v in self.m2_]}
+        if self.hist_ is not None:
+            d["hist"] = histogram_to_json(self.hist_)
+        if has:
+            d["percentiles"] = self.percentile_block(PERCENTILES if percentiles is None else percentiles)
         return d
+
+    def percentile_block(self, q) -> dict:
+        """Exact percentiles (numpy's default linear method), median, IQR and
+        median absolute deviation, global and per channel; for float pixels,
+        nulls with the reason."""
+        q = [float(v) for v in q]
+        if self.hist_ is None:
+            why = ("float pixels: exact percentiles come from the histogram of 8- or 16-bit pixels" if not self.exact
+                   else "read from a document without histograms (version 1)")
+            return {"q": q, "global": None, "per_channel": None, "reason": why}
+        return {"q": q, "global": robust_summary(self.hist_.sum(axis=0), self.dtype, q),
+                "per_channel": [robust_summary(h, self.dtype, q) for h in self.hist_]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunningStats":
-        """Rebuild from a split entry written by :meth:`to_dict`."""
+        """Rebuild from a split entry written by :meth:`to_dict` (version 1 or 2)."""
         try:
             sums = d["sums"]
             pc = d["per_channel"]
@@ -229,14 +315,21 @@ class RunningStats:
             self.count_ = int(d["pixels"])
             self.shape_ = tuple(d["shape"]) if d.get("shape") else None
             self._shape_seen = self.images_ > 0
-            if self.count_:
-                self.min_ = np.array(pc["min"], dtype=np.float64)
-                self.max_ = np.array(pc["max"], dtype=np.float64)
+            if self.exact and d.get("hist") is not None:
+                self.hist_ = histogram_from_json(d["hist"], channels, self.levels)
+                if [int(v) for v in self.hist_.sum(axis=1)] != [self.count_] * channels:
+                    raise StatsFileError("the histogram's counts do not add up to the pixel count")
+                return self
             if self.exact:
-                self.sum_ = [int(v) for v in sums["sum"]]
-                self.sum_sq_ = [int(v) for v in sums["sum_sq"]]
-                lens = {len(self.sum_), len(self.sum_sq_)}
+                lo = np.array(pc["min"], dtype=np.float64) if self.count_ else np.full(channels, np.inf)
+                hi = np.array(pc["max"], dtype=np.float64) if self.count_ else np.full(channels, -np.inf)
+                self._sums = ([int(v) for v in sums["sum"]], [int(v) for v in sums["sum_sq"]], lo, hi)
+                self.hist_ = None
+                lens = {len(self._sums[0]), len(self._sums[1])}
             else:
+                if self.count_:
+                    self._min = np.array(pc["min"], dtype=np.float64)
+                    self._max = np.array(pc["max"], dtype=np.float64)
                 self.shift_ = np.array(sums["shift"], dtype=np.float64)
                 self._mean = np.array(sums["mean"], dtype=np.float64)
                 self.m2_ = np.array(sums["m2"], dtype=np.float64)
@@ -244,59 +337,209 @@ class RunningStats:
             if lens != {channels}:
                 raise StatsFileError("per-channel lists have different lengths")
             return self
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise StatsFileError(f"malformed split statistics ({type(e).__name__}: {e})") from None
 
+    def __getstate__(self) -> dict:
+        # 65,536-bin histograms of 16-bit pixels are mostly empty: they travel
+        # between processes as their non-zero bins.
+        state = dict(self.__dict__)
+        if self.hist_ is not None and self.levels > 256:
+            state["hist_"] = _sparse(self.hist_)
+        return state
 
-try:  # the optional C accelerator (see _kernels.c); the numpy path gives identical results
-    from ._kernels import u8_stats as _u8_stats
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("hist_"), tuple):
+            state["hist_"] = _dense(state["hist_"], state["channels"], state["levels"])
+        self.__dict__.update(state)
+
+
+# Percentiles a stats document reports by default (``--percentiles`` chooses others).
+PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
+
+
+def level_values(dtype) -> np.ndarray:
+    """The pixel value of each histogram bin of ``dtype`` (int64, shape (levels,))."""
+    dtype = np.dtype(dtype)
+    bits = np.arange(1 << (8 * dtype.itemsize), dtype=np.uint64)
+    unsigned = bits.astype(np.uint8 if dtype.itemsize == 1 else np.uint16)
+    if dtype.kind == "i":
+        return unsigned.view(np.int8 if dtype.itemsize == 1 else np.int16).astype(np.int64)
+    return unsigned.astype(np.int64)
+
+
+try:  # the optional C accelerator (see _kernels.c); numpy's bincount gives identical counts
+    from ._kernels import u8_hist as _u8_hist, u16_hist as _u16_hist
 except ImportError:  # pragma: no cover - built without a C compiler
-    _u8_stats = None
+    _u8_hist = _u16_hist = None
 if os.environ.get("IMGNORM_NO_KERNELS"):
-    _u8_stats = None
+    _u8_hist = _u16_hist = None
 
 
-def integer_channel_stats(x: np.ndarray) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
-    """Exact per-channel sum, sum of squares, min and max of integer pixels.
-
-    Parameters
-    ----------
-    x : ndarray of shape (pixels, channels), integers of at most 16 bits
-
-    Returns
-    -------
-    sum, sum_sq : lists of Python ints, length channels
-    min, max : ndarrays of shape (channels,)
-    """
-    c = x.shape[1]
-    if _u8_stats is not None and x.dtype == np.uint8 and c <= 4 and x.flags.c_contiguous:
-        s, q, lo, hi = _u8_stats(x, c)
-        return s, q, np.array(lo), np.array(hi)
-    return _numpy_channel_stats(x)
-
-
-# Row width of the numpy path: whole pixels, long enough that reducing rows
-# runs as contiguous vector adds instead of a strided loop per channel.
-_ROW = 3 * 4 * 256
-
-
-def _numpy_channel_stats(x: np.ndarray):
-    c = x.shape[1]
+def add_histogram(x: np.ndarray, hist: np.ndarray) -> None:
+    """Add the per-channel counts of integer pixels ``x`` (pixels, channels) into
+    ``hist`` (channels, levels) uint64, level by level (bins: the pixels' bits
+    read as unsigned)."""
+    channels = x.shape[1]
     flat = np.ascontiguousarray(x).reshape(-1)
-    width = _ROW - _ROW % c
-    main = flat.size - flat.size % width
-    sq_dtype = (np.uint16 if x.dtype.kind in "ub" else np.int16) if x.dtype.itemsize == 1 else (
-        np.uint32 if x.dtype.kind == "u" else np.int32)
-    rows = flat[:main].reshape(-1, width)
-    tail = flat[main:].reshape(-1, c)
-    s = np.add.reduce(rows, axis=0, dtype=np.int64).reshape(-1, c).sum(axis=0)
-    q = np.add.reduce(np.square(rows, dtype=sq_dtype), axis=0, dtype=np.int64).reshape(-1, c).sum(axis=0)
-    s = s + tail.sum(axis=0, dtype=np.int64)
-    q = q + np.square(tail, dtype=sq_dtype).sum(axis=0, dtype=np.int64)
-    parts = [p for p in (rows, tail) if p.size]
-    lo = np.min([np.minimum.reduce(p, axis=0).reshape(-1, c).min(axis=0) for p in parts], axis=0)
-    hi = np.max([np.maximum.reduce(p, axis=0).reshape(-1, c).max(axis=0) for p in parts], axis=0)
-    return [int(v) for v in s], [int(v) for v in q], lo, hi
+    raw = flat.view(np.uint8 if flat.dtype.itemsize == 1 else np.uint16)
+    kernel = _u8_hist if flat.dtype.itemsize == 1 else _u16_hist
+    if kernel is not None and channels <= 4:
+        kernel(raw, channels, hist)
+        return
+    levels = hist.shape[1]
+    for c in range(channels):
+        hist[c] += np.bincount(raw[c::channels], minlength=levels).astype(np.uint64)
+
+
+def histogram_to_json(hist: np.ndarray) -> dict:
+    """A histogram for a document: dense lists for 256 levels, the non-zero bins for 65,536."""
+    if hist.shape[1] <= 256:
+        return {"levels": hist.shape[1], "counts": [[int(v) for v in row] for row in hist]}
+    bins, counts = _sparse(hist)
+    return {"levels": hist.shape[1], "bins": bins, "counts": counts}
+
+
+def histogram_from_json(h: dict, channels: int, levels: int) -> np.ndarray:
+    if not isinstance(h, dict) or h.get("levels") != levels:
+        raise StatsFileError(f"the histogram must have {levels} levels")
+    counts = h.get("counts")
+    if not isinstance(counts, list) or len(counts) != channels:
+        raise StatsFileError(f"the histogram must have {channels} channel(s)")
+    if "bins" in h:
+        return _dense((h["bins"], counts), channels, levels)
+    if any(not isinstance(row, list) or len(row) != levels for row in counts):
+        raise StatsFileError(f"each channel of the histogram must have {levels} counts")
+    return _counts_array(counts)
+
+
+def _counts_array(rows) -> np.ndarray:
+    if any(type(v) is not int or not 0 <= v < 1 << 63 for row in rows for v in row):
+        raise StatsFileError("histogram counts must be whole numbers of 0 to 2**63 - 1")
+    return np.array(rows, dtype=np.uint64)
+
+
+def _sparse(hist: np.ndarray) -> tuple[list, list]:
+    bins = [[int(i) for i in np.flatnonzero(row)] for row in hist]
+    return bins, [[int(v) for v in row[b]] for row, b in zip(hist, bins)]
+
+
+def _dense(sparse, channels: int, levels: int) -> np.ndarray:
+    bins, counts = sparse
+    if not isinstance(bins, list) or len(bins) != channels or len(counts) != channels:
+        raise StatsFileError(f"the histogram must have {channels} channel(s)")
+    out = np.zeros((channels, levels), np.uint64)
+    for c, (b, k) in enumerate(zip(bins, counts)):
+        if not isinstance(b, list) or not isinstance(k, list) or len(b) != len(k) or \
+                any(type(i) is not int or not 0 <= i < levels for i in b):
+            raise StatsFileError("the histogram's bins must be whole numbers within its levels")
+        if k:
+            out[c, b] = _counts_array([k])[0]
+    return out
+
+
+# ---------------------------------------------------------------- exact percentiles
+
+
+def _kth(cum: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Indexes (into the value-sorted bins) of the k-th smallest values (k from 0)."""
+    return np.searchsorted(cum, k, side="right")
+
+
+def percentiles(counts: np.ndarray, values: np.ndarray, q, dtype) -> np.ndarray:
+    """``numpy.percentile(pixels, q)`` (its default linear method), bit for bit,
+    from the pixels' histogram: ``counts`` of each level, ``values`` (int64,
+    ascending) the levels' values, ``dtype`` the pixels' type.
+
+    numpy's steps, on the same types: ``q / 100``, the virtual index
+    ``(n - 1) * q``, its floor and the next index (both clipped to the data),
+    the two neighbours (of the pixels' dtype, so their difference is taken in
+    it), and its two-sided interpolation ``a + (b - a) * t`` (``b - (b - a) *
+    (1 - t)`` for ``t >= 0.5``).
+    """
+    n = int(counts.sum())
+    qs = np.true_divide(np.asarray(q, dtype=np.float64), 100)
+    virtual = (n - 1) * qs
+    prev = np.floor(virtual)
+    nxt = prev + 1
+    above, below = virtual >= n - 1, virtual < 0
+    prev[above], nxt[above] = n - 1, n - 1
+    prev[below], nxt[below] = 0, 0
+    gamma = virtual - np.where(above, -1, prev)  # numpy subtracts the index -1 it uses for "the last"
+    cum = np.cumsum(counts.astype(np.int64))
+    sorted_values = values.astype(np.dtype(dtype))
+    a = sorted_values[_kth(cum, prev.astype(np.int64))]
+    b = sorted_values[_kth(cum, nxt.astype(np.int64))]
+    diff = b - a
+    lerp = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=lerp, where=gamma >= 0.5, casting="unsafe")
+    return lerp
+
+
+def median(counts: np.ndarray, values: np.ndarray, dtype) -> float:
+    """``numpy.median(pixels)``: the middle value, or the mean of the two middle ones (in float64)."""
+    n = int(counts.sum())
+    cum = np.cumsum(counts.astype(np.int64))
+    sorted_values = values.astype(np.dtype(dtype))
+    if n % 2:
+        return float(np.float64(sorted_values[_kth(cum, np.array([n // 2]))][0]))
+    two = sorted_values[_kth(cum, np.array([n // 2 - 1, n // 2]))]
+    return float(np.mean(two, dtype=np.float64))
+
+
+def percentile_fit(counts: np.ndarray, dtype, clip=None) -> dict:
+    """What percentile-based scaling needs of one histogram: with ``clip =
+    (lo, hi)`` percentiles, the bounds ``lo``/``hi`` and the mean, std, median
+    and IQR of the pixels clipped to them, else those of the pixels.
+
+    Exact: the percentiles are numpy's (bit for bit); the clipped mean and
+    variance are computed in rationals from the counts and rounded once; the
+    median and IQR of clipped pixels are numpy's on ``np.clip(x, lo, hi)``.
+    """
+    dtype = np.dtype(np.uint8) if np.dtype(dtype) == np.bool_ else np.dtype(dtype)
+    values = level_values(dtype)
+    order = np.argsort(values, kind="stable")
+    counts, values = counts[order], values[order]
+    keep = counts > 0
+    out: dict = {}
+    if clip is not None:
+        lo, hi = (float(v) for v in percentiles(counts, values, list(clip), dtype))
+        out.update(lo=lo, hi=hi)
+        clipped = np.clip(values.astype(np.float64), lo, hi)  # as np.clip(x, lo, hi) of the pixels: float64
+        vals, inverse = np.unique(clipped[keep], return_inverse=True)
+        cnts = np.zeros(len(vals), np.int64)
+        np.add.at(cnts, inverse, counts[keep].astype(np.int64))
+        counts, values, dtype = cnts, vals, np.dtype(np.float64)
+        keep = counts > 0
+    n = int(counts.sum())
+    fr = [Fraction(float(v)) if dtype.kind == "f" else Fraction(int(v)) for v in values[keep]]
+    ks = [int(k) for k in counts[keep]]
+    total = sum(k * v for k, v in zip(ks, fr))
+    mean = total / n
+    var = sum(k * v * v for k, v in zip(ks, fr)) / n - mean * mean
+    p = percentiles(counts, values, [25, 75], dtype)
+    out.update(mean=float(mean), std=math.sqrt(float(var)), median=median(counts, values, dtype),
+               iqr=float(p[1] - p[0]))
+    return out
+
+
+def robust_summary(counts: np.ndarray, dtype, q) -> dict:
+    """Percentiles, median, IQR and MAD of the pixels a histogram counts, as numpy computes them:
+    ``percentile(x, q)``, ``median(x)``, ``percentile(x, 75) - percentile(x, 25)`` and
+    ``median(abs(x - median(x)))``."""
+    dtype = np.dtype(np.uint8) if np.dtype(dtype) == np.bool_ else np.dtype(dtype)  # numpy cannot subtract bools
+    values = level_values(dtype)
+    order = np.argsort(values, kind="stable")
+    counts, values = counts[order], values[order]
+    p = percentiles(counts, values, list(q) + [25, 75], dtype)
+    med = median(counts, values, dtype)
+    # |x - median| for every level: exact in float64 (levels are integers, the median a half-integer)
+    dev = np.abs(values.astype(np.float64) - med)
+    dorder = np.argsort(dev, kind="stable")
+    dcounts, dvals = counts[dorder], dev[dorder]
+    keep = dcounts > 0
+    mad = median(dcounts[keep], dvals[keep], np.float64)
+    return {"percentiles": [float(v) for v in p[:-2]], "median": med, "iqr": float(p[-1] - p[-2]), "mad": mad}
 
 
 def _ratio(a: int, b: int) -> float:
@@ -319,7 +562,8 @@ def _num(v):
 
 
 def stats_document(*, source: str, color: str, channels: int, max_value, splits: dict[str, RunningStats],
-                   fit_split: str, skipped: list | None = None, extra: dict | None = None) -> dict:
+                   fit_split: str, skipped: list | None = None, extra: dict | None = None,
+                   percentiles=None, classes: dict | None = None, class_names: list[str] | None = None) -> dict:
     """Build the stats document (format ``imgnorm.stats``, version 1).
 
     Parameters
@@ -334,13 +578,20 @@ def stats_document(*, source: str, color: str, channels: int, max_value, splits:
     fit_split : str
         The split whose statistics apply to the others.
     skipped : list of (file, reason), optional
+    percentiles : sequence of float, optional
+        The q (0..100) of the percentile blocks; default :data:`PERCENTILES`.
+    classes : dict of str to dict of int to RunningStats, optional
+        Per split, the statistics of each class label (``--per-class``);
+        ``class_names`` names the labels.
 
     Returns
     -------
     dict
         JSON-able: per split ``images``, ``pixels``, ``shape``, ``global`` and
-        ``per_channel`` statistics (lists of length ``channels``) and the
-        sufficient ``sums`` that :func:`merge_documents` adds up.
+        ``per_channel`` statistics (lists of length ``channels``), exact
+        ``percentiles`` (with the median, IQR and MAD) and the histogram
+        ``hist`` of integer pixels, the sufficient ``sums`` that
+        :func:`merge_documents` adds up, and per-class entries when asked.
     """
     doc = {
         "format": FORMAT,
@@ -350,20 +601,33 @@ def stats_document(*, source: str, color: str, channels: int, max_value, splits:
         "channels": channels,
         "max_value": max_value,
         "fit_split": fit_split,
-        "splits": {name: s.to_dict() for name, s in splits.items()},
+        "splits": {name: _entry(s, max_value, percentiles) for name, s in splits.items()},
     }
-    if max_value:
-        for entry in doc["splits"].values():
-            pc = entry["per_channel"]
-            if pc["mean"][0] is not None:
-                # What torchvision's Normalize wants: statistics of x / max_value.
-                entry["unit_scale"] = {"mean": [m / max_value for m in pc["mean"]],
-                                       "std": [s / max_value for s in pc["std"]]}
+    for name, by_label in (classes or {}).items():
+        if name in doc["splits"]:
+            names = class_names or []
+            # A class's level counts stay out: with 16-bit pixels and many
+            # classes they would make the document too big to read back.
+            doc["splits"][name]["classes"] = {
+                (names[k] if k < len(names) else str(k)): _entry(rs, max_value, percentiles, hist=False)
+                for k, rs in sorted(by_label.items())}
     if skipped:
         doc["skipped"] = [{"file": f, "reason": r} for f, r in skipped]
     if extra:
         doc.update(extra)
     return doc
+
+
+def _entry(rs: RunningStats, max_value, percentiles, hist: bool = True) -> dict:
+    entry = rs.to_dict(percentiles)
+    if not hist:
+        entry.pop("hist", None)
+    pc = entry["per_channel"]
+    if max_value and pc["mean"][0] is not None:
+        # What torchvision's Normalize wants: statistics of x / max_value.
+        entry["unit_scale"] = {"mean": [m / max_value for m in pc["mean"]],
+                               "std": [s / max_value for s in pc["std"]]}
+    return entry
 
 
 def merge_documents(a: dict, b: dict) -> dict:
@@ -393,13 +657,33 @@ def merge_documents(a: dict, b: dict) -> dict:
         for p in parts[1:]:
             total.merge(p)
         merged[name] = total
-    return stats_document(source=f"{a['source']} + {b['source']}", color=a["color"], channels=a["channels"],
-                          max_value=a["max_value"], splits=merged, fit_split=a["fit_split"])
+    q = (a["splits"][next(iter(a["splits"]))].get("percentiles") or {}).get("q")
+    doc = stats_document(source=f"{a['source']} + {b['source']}", color=a["color"], channels=a["channels"],
+                         max_value=a["max_value"], splits=merged, fit_split=a["fit_split"], percentiles=q)
+    if a.get("provenance") or b.get("provenance"):  # a digest of two parts is not one of the whole: keep both
+        doc["provenance"] = {"merged": [a.get("provenance"), b.get("provenance")]}
+    return doc
+
+
+def document_json(doc, level: int = 0) -> str:
+    """``json.dumps(doc, indent=2)``, but a list of plain values on one line.
+
+    Histograms hold up to 65536 counts per channel: one line per channel,
+    not one per number, keeps a document small and readable.
+    """
+    if isinstance(doc, dict) and doc:
+        pad = "\n" + "  " * (level + 1)
+        items = (f"{json.dumps(str(k))}: {document_json(v, level + 1)}" for k, v in doc.items())
+        return "{" + pad + ("," + pad).join(items) + "\n" + "  " * level + "}"
+    if isinstance(doc, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in doc):
+        pad = "\n" + "  " * (level + 1)
+        return "[" + pad + ("," + pad).join(document_json(v, level + 1) for v in doc) + "\n" + "  " * level + "]"
+    return json.dumps(doc)
 
 
 def document_bytes(doc: dict) -> bytes:
-    """A stats document as the file bytes imgnorm writes (indented JSON)."""
-    return (json.dumps(doc, indent=2) + "\n").encode()
+    """A stats document as the file bytes imgnorm writes (indented JSON, lists of numbers on one line)."""
+    return (document_json(doc) + "\n").encode()
 
 
 def write_stats_document(doc: dict, path: str | os.PathLike, *, force: bool = False) -> None:
@@ -496,9 +780,9 @@ def check_stats_document(doc) -> dict:
         raise StatsFileError(f"not an imgnorm stats document (no \"format\": \"{FORMAT}\"); "
                              "make one with `imgnorm stats SOURCE -o FILE`")
     version = doc.get("version")
-    if type(version) is not int or version != VERSION:
-        raise StatsFileError(f"stats document version {version!r}; this imgnorm reads version {VERSION}. "
-                             "Re-run `imgnorm stats`")
+    if type(version) is not int or version not in READS:
+        raise StatsFileError(f"stats document version {version!r}; this imgnorm reads versions "
+                             f"{', '.join(map(str, READS))}. Re-run `imgnorm stats`")
     channels = _field(doc, "channels", int, "")
     if not 1 <= channels <= 4:
         raise StatsFileError(f"channels is {channels}; expected 1 to 4")
@@ -541,7 +825,11 @@ def _show(v) -> str:
 
 
 def _number(v, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if type(v) not in (int, float) or not math.isfinite(v):
+    try:
+        finite = type(v) in (int, float) and math.isfinite(v)
+    except OverflowError:  # an integer beyond any float
+        finite = False
+    if not finite:
         raise StatsFileError(f"{name} is {_show(v)}; expected a finite number")
     if positive and not v > 0 or nonneg and not v >= 0:
         raise StatsFileError(f"{name} is {_show(v)}; expected a number {'> 0' if positive else '>= 0'}")
@@ -579,6 +867,15 @@ def _check_entry(entry: dict, channels: int, where: str) -> None:
     for key in ("mean", "var", "std"):
         if not (empty and (g.get(key) is None or isinstance(g.get(key), float) and math.isnan(g[key]))):
             _number(g.get(key), f"{where}.global.{key}", nonneg=key != "mean")
+    if "hist" in entry:
+        try:
+            RunningStats.from_dict(entry)  # the counts add up to the pixels, bins within the levels
+        except StatsFileError as e:
+            raise StatsFileError(f"{where}.hist: {e}") from None
+    for name, sub in (entry.get("classes") or {}).items() if isinstance(entry.get("classes"), dict) else ():
+        if not isinstance(sub, dict):
+            raise StatsFileError(f"{where}.classes.{name} is not an object")
+        _check_entry(sub, channels, f"{where}.classes.{name}")
     sums = _field(entry, "sums", dict, where)
     kind = _field(sums, "kind", str, f"{where}.sums")
     dtype = _field(sums, "dtype", str, f"{where}.sums")

@@ -71,6 +71,8 @@ class Scaling:
     warnings: list[str] = field(default_factory=list)
     _luts: dict = field(default_factory=dict, repr=False, compare=False)
     divisor: float | None = None
+    clip_lo: np.ndarray | None = None  # per channel: pixels are clipped to [clip_lo, clip_hi] first
+    clip_hi: np.ndarray | None = None
 
     def apply(self, x: np.ndarray, dtype="float32") -> np.ndarray:
         """Scale a batch.
@@ -111,6 +113,8 @@ class Scaling:
 
     def _direct(self, x: np.ndarray, dtype) -> np.ndarray:
         xf = x.astype(np.float64)
+        if self.clip_lo is not None:
+            xf = np.clip(xf, self.clip_lo, self.clip_hi)  # broadcasts: a table's (levels, 1) becomes per channel
         if self.divisor is not None:
             xf /= self.divisor
         y = (xf - self.offset) / self.scale
@@ -131,6 +135,8 @@ class Scaling:
         """The largest absolute output for inputs in [lo, hi]."""
         if self.clip_rescale:
             return 1.0
+        if self.clip_lo is not None:
+            lo, hi = np.clip(lo, self.clip_lo, self.clip_hi), np.clip(hi, self.clip_lo, self.clip_hi)
         if self.divisor is not None:
             lo, hi = lo / self.divisor, hi / self.divisor
         return float(np.max(np.maximum(abs((lo - self.offset) / self.scale), abs((hi - self.offset) / self.scale))))
@@ -207,7 +213,8 @@ def need_max_value(max_value):
 
 def per_image_scaled(x: np.ndarray, method: str, *, max_value: float | None, per_channel: bool,
                      minmax: bool = False, unit: bool = False, clip_rescale: bool = False,
-                     epsilon: float = 0.0, dtype="float32") -> tuple[np.ndarray, int]:
+                     epsilon: float = 0.0, dtype="float32", robust: bool = False,
+                     clip_percentiles=None) -> tuple[np.ndarray, int]:
     """Sample-wise scaling: each image with its own statistics.
 
     Parameters
@@ -223,11 +230,20 @@ def per_image_scaled(x: np.ndarray, method: str, *, max_value: float | None, per
     """
     axes = (1, 2) if per_channel else (1, 2, 3)
     xf = x.astype(np.float64)
-    if method == "normalize" and not minmax:
+    if method == "normalize" and not minmax and not clip_percentiles:
         return Scaling(np.zeros(1), np.array([float(need_max_value(max_value))])).apply(x, dtype), 0
-    if method == "normalize":
+    if clip_percentiles:  # each image's own percentiles (numpy's, on its pixels)
+        lo, hi = np.percentile(x, clip_percentiles, axis=axes, keepdims=True)
+        xf = np.clip(xf, lo, hi)
+    if method == "normalize" and clip_percentiles:
+        offset, spread = lo, hi - lo
+    elif method == "normalize":
         offset = xf.min(axis=axes, keepdims=True)
         spread = xf.max(axis=axes, keepdims=True) - offset
+    elif robust:
+        offset = np.median(xf, axis=axes, keepdims=True)
+        q25, q75 = np.percentile(xf, [25, 75], axis=axes, keepdims=True)
+        spread = q75 - q25
     else:
         offset = xf.mean(axis=axes, keepdims=True)
         if method == "center":
@@ -288,6 +304,15 @@ class Scaler:
     max_value : float, optional
         The pixels' maximum; default: 255 for uint8, 65535 for uint16. Needed
         for float pixels by normalize and ``center(unit=True)``.
+    robust : bool
+        standardize: ``(x - median) / IQR`` (scikit-learn's ``RobustScaler``
+        with the 25-75 quantile range) instead of mean and std.
+    clip_percentiles : (lo, hi), optional
+        Clip the pixels to the fit split's ``lo`` and ``hi`` percentiles first
+        (nnU-Net's 0.5, 99.5): normalize then maps them to 0..1, center and
+        standardize use the statistics of the clipped pixels. Percentiles,
+        medians and the clipped statistics are exact (from the histogram of
+        8- or 16-bit pixels), per channel with ``per_channel``.
 
     Attributes
     ----------
@@ -316,9 +341,10 @@ class Scaler:
 
     def __init__(self, method: str = "standardize", *, per_channel: bool = False, per_image: bool = False,
                  minmax: bool = False, unit: bool = False, clip_rescale: bool = False,
-                 epsilon: float | None = None, max_value: float | None = None):
+                 epsilon: float | None = None, max_value: float | None = None, robust: bool = False,
+                 clip_percentiles: tuple[float, float] | None = None):
         check_options(method, minmax=minmax, unit=unit, clip_rescale=clip_rescale, epsilon=epsilon,
-                      max_value=max_value)
+                      max_value=max_value, robust=robust, clip_percentiles=clip_percentiles)
         self.method = method
         self.per_channel = bool(per_channel)
         self.per_image = bool(per_image)
@@ -327,6 +353,8 @@ class Scaler:
         self.clip_rescale = bool(clip_rescale)
         self.epsilon = None if epsilon is None else float(epsilon)
         self.max_value = None if max_value is None else float(max_value)
+        self.robust = bool(robust)
+        self.clip_percentiles = None if clip_percentiles is None else tuple(float(v) for v in clip_percentiles)
         self.channel_names: list[str] | None = None  # for warnings; the pipeline names them R, G, B...
         self._reset()
 
@@ -345,7 +373,8 @@ class Scaler:
         """The constructor's options, as scikit-learn's ``get_params``."""
         return {"method": self.method, "per_channel": self.per_channel, "per_image": self.per_image,
                 "minmax": self.minmax, "unit": self.unit, "clip_rescale": self.clip_rescale,
-                "epsilon": self.epsilon, "max_value": self.max_value}
+                "epsilon": self.epsilon, "max_value": self.max_value, "robust": self.robust,
+                "clip_percentiles": self.clip_percentiles}
 
     def __repr__(self) -> str:
         defaults = Scaler().get_params()
@@ -365,7 +394,7 @@ class Scaler:
     @property
     def needs_fit(self) -> bool:
         """Whether :meth:`transform` needs statistics that have not been fitted or loaded."""
-        if self.per_image or (self.method == "normalize" and not self.minmax):
+        if self.per_image or (self.method == "normalize" and not self.minmax and not self.clip_percentiles):
             return False
         return self._constants is None and self.stats_ is None and self._doc is None
 
@@ -488,9 +517,10 @@ class Scaler:
 
         attrs = read_h5_info(path)["attrs"]
         opts = attrs.get("options") or {}
-        params = {k: opts[k] for k in ("per_channel", "per_image", "minmax", "unit", "clip_rescale")
+        params = {k: opts[k] for k in ("per_channel", "per_image", "minmax", "unit", "clip_rescale", "robust")
                   if isinstance(opts.get(k), bool)}
         params["epsilon"] = opts.get("epsilon") or None
+        params["clip_percentiles"] = opts.get("clip_percentiles")
         method = attrs.get("method", "standardize")
         if params.get("per_image") or attrs.get("stats") is None:
             return cls(method, max_value=opts.get("max_value"), **params)
@@ -528,6 +558,9 @@ class Scaler:
                               option="--channel-order")
         if options.get("per_image"):
             raise OptionError("--per-image uses each image's own statistics; it cannot take --mean/--std")
+        if options.get("robust") or options.get("clip_percentiles"):
+            raise OptionError("--robust and --clip-percentiles come from the data's percentiles; constants give a "
+                              "mean and std", option="--robust" if options.get("robust") else "--clip-percentiles")
         mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         if len(mean) != len(std) or not mean:
             raise OptionError(f"--mean has {len(mean)} value(s) and --std {len(std)}; give one per channel",
@@ -675,6 +708,33 @@ class Scaler:
         natural = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
         return natural.get(np.dtype(dtype)) if dtype is not None else (255 if self._constants else None)
 
+    def _percentile_scaling(self, dtype, channels: int) -> Scaling:
+        """The scaling of ``robust`` / ``clip_percentiles``, exact from the fit split's histogram."""
+        from .stats import percentile_fit
+
+        rs = self.stats_
+        if rs is None or rs.hist_ is None:
+            what = "--robust" if self.robust else "--clip-percentiles"
+            raise DataError(f"{what} needs exact percentiles: fit on 8- or 16-bit pixels (float pixels and version "
+                            "1 stats documents have no histogram)")
+        rows = rs.hist_ if self.per_channel else rs.hist_.sum(axis=0, keepdims=True)
+        fits = [percentile_fit(h, rs.dtype, self.clip_percentiles) for h in rows]
+        pick = lambda key: np.array([f[key] for f in fits] * (1 if self.per_channel else channels))
+        names = self.channel_names or [str(c) for c in range(channels)]
+        lo, hi = (pick("lo"), pick("hi")) if self.clip_percentiles else (None, None)
+        if self.method == "normalize":
+            scale, warns = _safe_scale(hi - lo, names, "percentile range")
+            return Scaling(lo, scale, warnings=warns, clip_lo=lo, clip_hi=hi)
+        if self.method == "center":
+            m = float(need_max_value(self._max_value_for(dtype))) if self.unit else 1.0
+            return Scaling(pick("mean"), np.full(channels, m), clip_lo=lo, clip_hi=hi)
+        offset, spread, what = (pick("median"), pick("iqr"), "IQR") if self.robust else \
+            (pick("mean"), pick("std"), "std")
+        if self.epsilon:
+            return Scaling(offset, spread + self.epsilon, self.clip_rescale, clip_lo=lo, clip_hi=hi)
+        scale, warns = _safe_scale(spread, names, what)
+        return Scaling(offset, scale, self.clip_rescale, warns, clip_lo=lo, clip_hi=hi)
+
     def _fit_entry(self) -> dict:
         """The statistics the scaling is made from: a stats document's split entry, or {} for none."""
         if self.method == "normalize" and not self.minmax:
@@ -691,6 +751,8 @@ class Scaler:
         key = (None if dtype is None else dtype.str, channels or 1)
         if key not in self._scalings and self._constants is not None:
             self._scalings[key] = self._constants_scaling(dtype, channels or 1)
+        if key not in self._scalings and (self.robust or self.clip_percentiles):
+            self._scalings[key] = self._percentile_scaling(dtype, channels or 1)
         if key not in self._scalings:
             max_value = self._max_value_for(dtype)
             channels = channels or 1
@@ -721,7 +783,8 @@ class Scaler:
         if self.per_image:
             y, n_flat = per_image_scaled(x, self.method, max_value=self._max_value_for(x.dtype),
                                          per_channel=self.per_channel, minmax=self.minmax, unit=self.unit,
-                                         clip_rescale=self.clip_rescale, epsilon=self.epsilon or 0.0, dtype=dtype)
+                                         clip_rescale=self.clip_rescale, epsilon=self.epsilon or 0.0, dtype=dtype,
+                                         robust=self.robust, clip_percentiles=self.clip_percentiles)
         else:
             scaling = self.scaling(x.dtype, x.shape[-1])
             if len(scaling.offset) != x.shape[-1]:
@@ -805,13 +868,15 @@ def _check_pixels(x: np.ndarray) -> None:
 
 
 def check_options(method: str, *, minmax: bool = False, unit: bool = False, clip_rescale: bool = False,
-                  epsilon: float | None = None, max_value: float | None = None) -> None:
+                  epsilon: float | None = None, max_value: float | None = None, robust: bool = False,
+                  clip_percentiles=None) -> None:
     """The checks of :class:`Scaler`'s options (also the CLI's, before any work)."""
     if method not in METHODS:
         raise OptionError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     for flag, ok, name in ((minmax, method == "normalize", "--minmax"), (unit, method == "center", "--unit"),
                            (clip_rescale, method == "standardize", "--clip-rescale"),
-                           (epsilon, method == "standardize", "--epsilon")):
+                           (epsilon, method == "standardize", "--epsilon"),
+                           (robust, method == "standardize", "--robust")):
         if flag and not ok:
             raise OptionError(f"{name} does not apply to {method}", option=name)
     if epsilon is not None and not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon >= 0):
@@ -819,3 +884,12 @@ def check_options(method: str, *, minmax: bool = False, unit: bool = False, clip
     if max_value is not None and not (isinstance(max_value, (int, float)) and math.isfinite(max_value)
                                       and max_value > 0):
         raise OptionError(f"--max-value must be a finite number > 0, got {max_value}", option="--max-value")
+    if clip_percentiles is not None:
+        ok = isinstance(clip_percentiles, (list, tuple)) and len(clip_percentiles) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in clip_percentiles)
+        if not ok or not 0 <= clip_percentiles[0] < clip_percentiles[1] <= 100:
+            raise OptionError(f"--clip-percentiles must be LO,HI with 0 <= LO < HI <= 100, got {clip_percentiles}",
+                              option="--clip-percentiles")
+        if minmax:
+            raise OptionError("--clip-percentiles with normalize maps the percentiles to 0..1; it cannot take "
+                              "--minmax", option="--clip-percentiles")

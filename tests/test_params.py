@@ -75,7 +75,7 @@ def edit(doc, path, value):
 
 
 @pytest.mark.parametrize("make, text", [
-    (lambda d: edit(d, ["version"], True), "stats document version True; this imgnorm reads version 1"),
+    (lambda d: edit(d, ["version"], True), "stats document version True; this imgnorm reads versions 1, 2"),
     (lambda d: edit(d, ["version"], 1.0), "stats document version 1.0"),
     (lambda d: edit(d, ["channels"], "1"), 'channels is "1"; expected a whole number'),
     (lambda d: edit(d, ["max_value"], -3), "max_value is -3; expected a number > 0"),

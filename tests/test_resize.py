@@ -140,7 +140,7 @@ def test_cli_size_options_are_recorded(tmp_path):
             ([96, 96], "crop", "bicubic", False)
         got = f["train/x"][...]
     doc = json.loads((tmp_path / "s.json").read_text())
-    assert doc["read"] == {"color": "rgb", "channel_order": "rgb", "size": [96, 96], "resize_mode": "crop",
+    assert doc["provenance"]["read"] == {"color": "rgb", "channel_order": "rgb", "size": [96, 96], "resize_mode": "crop",
                            "interpolation": "bicubic", "pad_value": None, "draft": False}
     pixels = np.stack([np.asarray(torchvision_resize_center_crop(pillow(f), 96, Image.Resampling.BICUBIC))
                        for f in src.splits["train"].files]).astype(np.float64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from imgnorm.errors import StatsFileError
-from imgnorm.stats import RunningStats, merge_documents, read_stats_document, stats_document
+from imgnorm.stats import RunningStats, document_bytes, merge_documents, read_stats_document, stats_document
 
 REL = 1e-12
 
@@ -117,7 +117,7 @@ def test_document_has_the_documented_fields(rng):
     x = rng.integers(0, 256, (4, 2, 2, 3), dtype=np.uint8)
     doc = stats_document(source="src", color="rgb", channels=3, max_value=255,
                          splits={"train": stream(x, 2)}, fit_split="train")
-    assert doc["format"] == "imgnorm.stats" and doc["version"] == 1
+    assert doc["format"] == "imgnorm.stats" and doc["version"] == 2
     t = doc["splits"]["train"]
     assert t["images"] == 4 and t["pixels"] == 16 and t["shape"] == [2, 2, 3]
     assert set(t["global"]) == {"count", "mean", "var", "std", "min", "max"}
@@ -140,21 +140,47 @@ def test_read_stats_document_rejects_bad_files(tmp_path):
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("pixels", [1, 5, 1023, 4096, 70001])
-def test_c_kernel_equals_numpy_path_exactly(rng, channels, pixels):
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8, np.int16])
+def test_histogram_kernels_equal_numpy_exactly(rng, channels, pixels, dtype, monkeypatch):
     from imgnorm import stats
-    assert stats._u8_stats is not None, "imgnorm._kernels was not built (needs a C compiler)"
-    x = rng.integers(0, 256, (pixels, channels), dtype=np.uint8)
-    fast = stats.integer_channel_stats(x)
-    slow = stats._numpy_channel_stats(x)
-    exact = x.astype(object)
-    want = ([int(v) for v in exact.sum(axis=0)], [int(v) for v in (exact ** 2).sum(axis=0)])
-    assert (fast[0], fast[1]) == (slow[0], slow[1]) == want
-    np.testing.assert_array_equal(fast[2], slow[2])
-    np.testing.assert_array_equal(fast[3], x.max(axis=0))
+    assert stats._u8_hist is not None and stats._u16_hist is not None, \
+        "imgnorm._kernels was not built (needs a C compiler)"
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, int(info.max) + 1, (pixels, channels)).astype(dtype)
+    levels = 1 << (8 * np.dtype(dtype).itemsize)
+    fast = np.zeros((channels, levels), np.uint64)
+    stats.add_histogram(x, fast)
+    monkeypatch.setattr(stats, "_u8_hist", None)
+    monkeypatch.setattr(stats, "_u16_hist", None)
+    slow = np.zeros((channels, levels), np.uint64)
+    stats.add_histogram(x, slow)
+    np.testing.assert_array_equal(fast, slow)
+    values = stats.level_values(dtype)
+    for c in range(channels):  # every bin counts its own value
+        vals, counts = np.unique(x[:, c], return_counts=True)
+        bins = np.searchsorted(values[np.argsort(values)], vals)  # value -> its bin
+        np.testing.assert_array_equal(fast[c][np.argsort(values)][bins], counts)
+        assert fast[c].sum() == pixels
 
 
-def test_c_kernel_flushes_before_its_lanes_overflow():
-    from imgnorm import stats
-    x = np.full((16 * 65536 * 3 + 7, 1), 255, np.uint8)  # past one flush period of the 32-bit lanes
-    s, q, lo, hi = stats.integer_channel_stats(x)
-    assert s == [255 * len(x)] and q == [255 * 255 * len(x)]
+def test_sums_from_the_histogram_are_exact(rng):
+    x = rng.integers(0, 65536, (7, 50, 40, 2)).astype(np.uint16)
+    s = stream(x, 3)
+    exact = x.reshape(-1, 2).astype(object)
+    assert s.sum_ == [int(v) for v in exact.sum(axis=0)]
+    assert s.sum_sq_ == [int(v) for v in (exact ** 2).sum(axis=0)]
+
+
+def test_document_bytes_are_indented_json_with_number_lists_on_one_line(rng):
+    x = rng.integers(0, 65536, size=(2, 8, 8, 2), dtype=np.uint16)
+    rs = RunningStats(2, np.uint16)
+    rs.update(x)
+    doc = stats_document(source="s", color="keep", channels=2, max_value=65535, splits={"all": rs},
+                         fit_split="all")
+    text = document_bytes(doc).decode()
+    import json
+    assert json.loads(text) == doc  # the same document
+    bins = doc["splits"]["all"]["hist"]["bins"]
+    lines = text.splitlines()
+    assert json.dumps(bins[0]) in [line.strip().rstrip(",") for line in lines]  # one line per channel
+    assert len(lines) < 200 and lines[1] == '  "format": "imgnorm.stats",'

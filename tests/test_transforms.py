@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgnorm.errors import OptionError, OutputError, SourceError, StatsFileError
+from imgnorm.errors import OptionError, SourceError, StatsFileError
 from imgnorm.pipeline import transform_to_hdf5
 from imgnorm.sources import open_source
 from imgnorm.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Scaler, Scaling, per_image_scaled
