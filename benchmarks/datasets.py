@@ -6,6 +6,8 @@ never download anything.
   rotation and stroke; mostly zero background, so it compresses like MNIST.
 - ``make_shapes_folder``: a small JPEG folder in the train/val/<class> layout.
 - ``make_photo_copies``: a folder of symlinked copies of a real photo folder.
+- ``make_scans_npz``: 16-bit single-channel "scans" (smooth blobs on a dark
+  field with noise, CT-like spread over ~40000 levels).
 
 Run ``python benchmarks/datasets.py OUTDIR`` to make the demo data.
 """
@@ -53,6 +55,22 @@ def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         idx = np.flatnonzero(labels == d)
         x[idx] = templates[rng.choice(by_digit[d], len(idx))]
     return x, labels
+
+
+def make_scans_npz(path: str, n: int = 1500, size: int = 128, seed: int = 0) -> str:
+    """An ``.npz`` with ``x_train`` of shape (n, size, size), uint16."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    x = np.empty((n, size, size), np.uint16)
+    for i in range(n):
+        img = np.full((size, size), 1000.0, np.float32)
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.3)
+            img += rng.uniform(5000, 30000) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        img += rng.normal(0, 400, img.shape).astype(np.float32)
+        x[i] = np.clip(img, 0, 65535).astype(np.uint16)
+    np.savez(path, x_train=x, y_train=rng.integers(0, 4, n))
+    return path
 
 
 def make_digits_npz(path: str, n_train: int = 60000, n_test: int = 10000, seed: int = 0) -> str:

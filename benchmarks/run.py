@@ -23,7 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from datasets import make_digits_npz, make_photo_copies  # noqa: E402
+from datasets import make_digits_npz, make_photo_copies, make_scans_npz  # noqa: E402
 
 PY = sys.executable
 # The installed console command, as users run it (`python -m imgnorm` from the
@@ -74,19 +74,23 @@ def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]
         while not done.wait(0.005):
             peak[0] = max(peak[0], tree_rss_kib(pid))
 
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    sampler = threading.Thread(target=sample, args=(proc.pid,), daemon=True)
-    sampler.start()
-    # Outputs are small; read them after the exit (a full pipe would block the child: these print little).
-    _, status = os.waitpid(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
-    proc.stdout.close()
-    proc.stderr.close()
+    import tempfile
+
+    # Outputs go to files, not pipes: a document of 16-bit histograms is
+    # bigger than a pipe's buffer and would block a child that nobody reads.
+    with tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=fout, stderr=ferr, cwd=ROOT)
+        sampler = threading.Thread(target=sample, args=(proc.pid,), daemon=True)
+        sampler.start()
+        _, status = os.waitpid(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        fout.seek(0)
+        ferr.seek(0)
+        out, err = fout.read().decode(), ferr.read().decode()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
     return wall, peak[0] / 1024, out
@@ -130,7 +134,7 @@ def main():
     ap.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "photos"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--copies", type=int, default=10, help="photo copies in the 1x folder")
-    ap.add_argument("--only", default="mnist,stats,resize,memory")
+    ap.add_argument("--only", default="mnist,stats,percentiles,resize,memory")
     ap.add_argument("--workdir", default=os.path.join(ROOT, ".bench"))
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -171,6 +175,24 @@ def main():
         worst = max(abs(mine[s]["per_channel"][k][c] - peer[s][k][c]) / abs(peer[s][k][c])
                     for s in peer for k in ("mean", "std") for c in range(3))
         notes.append(f"stats: largest relative difference from the Pillow loop's float64 sums: {worst:.2g}")
+    if "percentiles" in only:
+        scans = os.path.join(w, "scans16.npz")
+        if not os.path.exists(scans):
+            print("making a 16-bit scans .npz (1500 128x128 uint16)...", flush=True)
+            make_scans_npz(scans)
+        for label, data in (("MNIST", mnist), ("16-bit", scans)):
+            res = run_case("pctl", {
+                f"imgnorm stats, {label}": (IMGNORM + ["stats", data, "--json", "-q"], []),
+                f"numpy percentile/median in memory, {label}": (
+                    [PY, f"{HERE}/peers/percentiles_numpy.py", data], []),
+            }, a.rounds)
+            results += res["rows"]
+            mine, peer = (json.loads(v) for v in res["outputs"].values())
+            same = all(mine["splits"][s]["percentiles"]["global"] == peer[s] for s in peer)
+            hist = max(len(json.dumps(e["hist"])) for e in mine["splits"].values())
+            notes.append(f"percentiles, {label}: imgnorm's global percentiles, median, IQR and MAD "
+                         f"{'equal' if same else 'DIFFER FROM'} numpy's; largest split histogram in the "
+                         f"document: {hist / 1e3:.1f} kB")
     if "resize" in only:
         res = run_case("resize", {
             "imgnorm standardize --size 224x224": (
