@@ -75,7 +75,9 @@ def _reason(e: BaseException) -> str:
 def probe(path: str) -> ImageInfo:
     """Read an image's size and mode from its header, decoding no pixels."""
     with _open(path) as im:
-        return ImageInfo(im.width, im.height, im.mode, im.format)
+        # 16-bit colour shows as such ("RGB;16"), not as the 8-bit mode Pillow would read it in
+        mode = f"{im.mode};{bits_per_sample(im)}" if is_wide_colour(im) else im.mode
+        return ImageInfo(im.width, im.height, mode, im.format)
 
 
 def bits_per_sample(im: Image.Image) -> int:
@@ -106,20 +108,44 @@ def bits_per_sample(im: Image.Image) -> int:
     return bits
 
 
-def _check_depth(im: Image.Image, path: str) -> None:
-    """Refuse colour images stored with more than 8 bits per sample: Pillow reads them as 8."""
-    if im.mode not in _WIDE_MODES and bits_per_sample(im) > 8:
-        raise ImageError(path, f"{bits_per_sample(im)}-bit {im.mode} image; Pillow can only read it as 8 bits, "
-                         "which would drop precision. Convert it to 8-bit, or to 16-bit grayscale, first")
+def is_wide_colour(im: Image.Image) -> bool:
+    """A colour image with more than 8 bits a sample, which Pillow would read as 8 (see :mod:`imgnorm.decode16`)."""
+    return im.mode not in _WIDE_MODES and bits_per_sample(im) > 8
+
+
+def probe_dtype(path: str) -> np.dtype:
+    """uint16 for an image of more than 8 bits a sample, else uint8, from its header.
+
+    Raises :class:`imgnorm.decode16.MissingExtraError` at once when reading
+    the file will need the ``imgnorm[16bit]`` extra and it is missing.
+    """
+    with _open(path) as im:
+        if is_wide_colour(im):
+            from .decode16 import check_available
+            check_available(path, im.format)
+            return np.dtype(np.uint16)
+        return np.dtype(np.uint16 if im.mode in _WIDE_MODES else np.uint8)
+
+
+def _decode_wide(im: Image.Image, path: str, color: str, resize: "Resize | None") -> np.ndarray:
+    """A 16-bit colour file, all bits kept: see :mod:`imgnorm.decode16`."""
+    from .decode16 import convert_wide, read_wide, resize_wide
+    a = read_wide(path, im.format)
+    if a.shape[:2] != (im.height, im.width):  # the header Pillow read (and checked against its limit)
+        raise ImageError(path, f"decodes to {a.shape[1]}x{a.shape[0]} pixels but its header says "
+                         f"{im.width}x{im.height}; the file is damaged")
+    a = convert_wide(a, color)
+    return resize_wide(a, resize) if resize is not None else a
 
 
 def _convert(im: Image.Image, color: str, path: str) -> Image.Image:
-    """The image in the mode ``color`` asks for, as Pillow's ``convert`` gives it."""
+    """The image in the mode ``color`` asks for, as Pillow's ``convert`` gives it.
+
+    16-bit grayscale stays in its own mode (``rgb`` repeats it into three
+    channels after any resize, in :func:`decode`).
+    """
     mode = im.mode
     if mode in _WIDE_MODES:
-        if color == "rgb":
-            raise ImageError(path, f"{mode} image has more than 8 bits per sample; "
-                             "read it with --color gray or --color keep (uint16, max 65535)")
         return im  # 16 bits kept; made uint16 after any resize
     if mode in ("F",):
         raise ImageError(path, "floating-point images are not supported; convert to 8 or 16 bits")
@@ -184,7 +210,8 @@ def decode(path: str, color: str = "rgb", resize: "Resize | tuple[int, int] | No
     Returns
     -------
     ndarray of shape (height, width, channels)
-        uint8, or uint16 for 16-bit images read with ``gray`` or ``keep``.
+        uint8, or uint16 for images of more than 8 bits a sample (16-bit
+        colour through :mod:`imgnorm.decode16`, all bits kept).
     """
     if resize is not None and not isinstance(resize, Resize):
         resize = Resize(tuple(resize))
@@ -200,12 +227,16 @@ def decode(path: str, color: str = "rgb", resize: "Resize | tuple[int, int] | No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            _check_depth(im, path)
+            if is_wide_colour(im):
+                return _decode_wide(im, path, color, resize)
             if draft and im.format == "JPEG":
                 im.draft(im.mode, resize.scaled_size(im.size))  # opt-in: faster, slightly different pixels
             im.load()
-            return _finish(_convert(im, color, path), resize, path)
-    except ImageError:
+            a = _finish(_convert(im, color, path), resize, path)
+            if color == "rgb" and im.mode in _WIDE_MODES:  # 16-bit gray as RGB: repeated, 16 bits kept
+                a = np.repeat(a, 3, axis=2)
+            return a
+    except (ImageError, OptionError):
         raise
     except Exception as e:
         raise ImageError(path, f"cannot decode ({_reason(e)})") from None

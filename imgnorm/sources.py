@@ -21,7 +21,8 @@ from .errors import ImageError, OptionError, SourceError, show_path
 from .npz import NpyMember, npz_members, read_labels
 
 COLORS = ("rgb", "gray", "keep")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff")
+# torchvision's ImageFolder list (Keras' plus .pgm and .webp)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 ARRAY_EXTENSIONS = (".npz", ".npy")
 # Top-level folder name (any case) -> split name.
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -320,8 +321,12 @@ class FolderSplit(Split):
                     a = np.ascontiguousarray(a[:, :, ::-1])
                 if self.pixels is not None and (a.shape[2], a.dtype) != self.pixels:
                     c, t = self.pixels
-                    raise ImageError(self.files[i], f"has {a.shape[2]} channel(s) of {a.dtype}, but the first "
-                                     f"image has {c} of {t}; read all alike with --color rgb or --color gray")
+                    if a.dtype != t:
+                        raise ImageError(self.files[i], f"holds {a.dtype} pixels ({8 * a.dtype.itemsize}-bit), "
+                                         f"but the first image holds {t} ({8 * t.itemsize}-bit); convert the "
+                                         "images to one bit depth")
+                    raise ImageError(self.files[i], f"has {a.shape[2]} channel(s), but the first image has {c}; "
+                                     "read all alike with --color rgb or --color gray")
                 if visit is not None:
                     visit([a], [i])
                 if keep:
@@ -528,12 +533,16 @@ def _check_leakage(found: dict[str, np.ndarray], splits: dict[str, Split]) -> No
 
 
 def _probe_pixels(files: list[str], color: str) -> tuple[int, np.dtype]:
-    """Channels and dtype that decoding with ``color`` gives, from the first readable image."""
-    if color == "rgb":
-        return 3, np.dtype(np.uint8)
-    from .decode import decode
+    """Channels and dtype that decoding with ``color`` gives, from the first readable image.
+
+    ``rgb`` and ``gray`` read only the header (16-bit images give uint16);
+    ``keep`` decodes the image, whose channels only its pixels tell.
+    """
+    from .decode import decode, probe_dtype
     for path in files[:100]:
         try:
+            if color in ("rgb", "gray"):
+                return (3 if color == "rgb" else 1), probe_dtype(path)
             a = decode(path, color)
             return a.shape[2], a.dtype
         except ImageError:

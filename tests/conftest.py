@@ -24,6 +24,24 @@ def write_jpeg(path, rng, size=(12, 10), mode="RGB", quality=90):
     return str(path)
 
 
+def png16(path, a):
+    """A 16-bit PNG of ``a`` (h, w, 1..4: gray, gray+alpha, RGB, RGBA) written by hand:
+    Pillow cannot write 16-bit colour, and the reader under test must not write its own input."""
+    import struct
+    import zlib
+
+    h, w, c = a.shape
+    raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    pathlib.Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                                   + chunk(b"IEND", b""))
+    return str(path)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
