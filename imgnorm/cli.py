@@ -186,6 +186,8 @@ read_options = _options(
     click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
                  help="bgr for Caffe-style models: channels reversed, statistics follow them."),
     click.option("--split", "split", metavar="NAME", default=None, help="Only this split."),
+    click.option("--label", type=click.Choice(["fine", "coarse"]), default=None,
+                 help="CIFAR-100: its 100 fine classes (default) or 20 coarse superclasses."),
     click.option("--source-name", metavar="NAME",
                  help="Record the source as NAME in documents and outputs [default: its path as given]."),
     click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -209,7 +211,7 @@ def _open(source, opts: dict):
     return open_source(source, color=opts.pop("color"), size=opts.pop("size"), resize_mode=opts.pop("resize_mode"),
                        interpolation=opts.pop("interpolation"), pad_value=opts.pop("pad_value"),
                        draft=opts.pop("draft"), channel_order=opts.pop("channel_order"), on_error=opts["on_error"],
-                       name=opts.pop("source_name"))
+                       name=opts.pop("source_name"), label=opts.pop("label"))
 
 
 def _show_progress(opts: dict):
@@ -439,10 +441,12 @@ def standardize(source, clip_rescale, epsilon, robust, **opts):
 @click.option("--plot", metavar="FILE.png", help="Draw histograms of the stored values per split (HDF5 only).")
 @click.option("--color", type=click.Choice(["rgb", "gray", "keep"]), default=None,
               help="For sources: how images would be read.")
+@click.option("--label", type=click.Choice(["fine", "coarse"]), default=None,
+              help="CIFAR-100: count its fine (default) or coarse classes.")
 @click.option("--force", is_flag=True, help="Replace FILE.png if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @translate_errors
-def inspect(path, as_json, plot, color, force, quiet):
+def inspect(path, as_json, plot, color, label, force, quiet):
     """Describe an imgnorm HDF5 file, a stats document or a source.
 
     \b
@@ -451,11 +455,12 @@ def inspect(path, as_json, plot, color, force, quiet):
       imgnorm inspect photos.h5 --plot hist.png
       imgnorm inspect stats.json
       imgnorm inspect data/photos --json
+      imgnorm inspect cifar-100-python --label coarse
     """
     from .describe import inspect_path
     from .stats import document_json
 
-    text, doc = inspect_path(path, color=color, plot=plot, force=force, show_progress=not quiet)
+    text, doc = inspect_path(path, color=color, label=label, plot=plot, force=force, show_progress=not quiet)
     emit(document_json(doc) if as_json else text, committed=plot is not None)
 
 

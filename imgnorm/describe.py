@@ -18,7 +18,7 @@ PLOT_BINS = 120
 
 
 def inspect_path(path: str, *, color: str | None = None, plot: str | None = None, force: bool = False,
-                 show_progress: bool = False) -> tuple[str, dict]:
+                 show_progress: bool = False, label: str | None = None) -> tuple[str, dict]:
     """Describe ``path``: an imgnorm HDF5 file, a stats document or a source.
 
     Returns the text for a person and the same facts as a JSON-able dict;
@@ -58,7 +58,7 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
             return text, doc
     if not os.path.exists(path):
         raise SourceError(f"{printable(path)}: no such file or folder")
-    facts = describe_source(path, color=color)
+    facts = describe_source(path, color=color, label=label)
     return report.format_source(facts), facts
 
 
@@ -77,12 +77,12 @@ def describe_h5(path: str, *, show_progress: bool = False) -> dict:
 LIST_FIRST = 10
 
 
-def describe_source(path: str, *, color: str | None = None) -> dict:
+def describe_source(path: str, *, color: str | None = None, label: str | None = None) -> dict:
     """Images per split and class, sizes and modes from the headers, and what
     was left out (each entry, or the first ones and a count)."""
     from .sources import open_source
 
-    src = open_source(path, color=color, on_error="skip")
+    src = open_source(path, color=color, on_error="skip", label=label)
     doc = {"path": path, "kind": src.kind, "color": src.color, "channels": src.channels,
            "dtype": str(src.dtype), "max_value": src.max_value, "class_names": src.class_names,
            "images": sum(len(s) for s in src.splits.values()), "splits": {},
@@ -98,6 +98,8 @@ def describe_source(path: str, *, color: str | None = None) -> dict:
         else:
             entry["shape"] = list(split.shape)
             entry["labelled"] = split.labels is not None
+            if getattr(split, "backing", None):  # CIFAR batches, IDX files
+                entry["read_from"] = [printable(os.path.basename(f)) for f in split.backing]
         doc["splits"][name] = entry
     return doc
 

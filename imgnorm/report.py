@@ -162,7 +162,8 @@ def format_source(doc: dict) -> str:
     for name, e in doc["splits"].items():
         if "shape" in e:
             lines.append(f"split {name}: {e['images']} images of {'x'.join(map(str, e['shape']))} {doc['dtype']}"
-                         + (", labelled" if e.get("labelled") else ""))
+                         + (", labelled" if e.get("labelled") else "")
+                         + (f"; from {', '.join(e['read_from'])}" if e.get("read_from") else ""))
         else:
             size_text = (f"{e['distinct_sizes']} distinct size(s), smallest {e['smallest'][0]}x{e['smallest'][1]}, "
                          f"largest {e['largest'][0]}x{e['largest'][1]}" if e["smallest"] else "no readable image")

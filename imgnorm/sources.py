@@ -1,4 +1,4 @@
-"""Source readers: a folder of images, an ``.npz`` / ``.npy`` file or one image.
+"""Source readers: a folder of images, an ``.npz`` / ``.npy`` file, CIFAR batches, IDX files or one image.
 
 ``open_source(path)`` returns a :class:`Source` whose splits hand out images in
 batches of their native dtype, never the whole dataset at once.  Folder rules
@@ -102,7 +102,7 @@ class Split:
 class Source:
     """A dataset: named splits plus what is known about its pixels."""
 
-    kind: str  # "folder", "npz", "npy" or "image"
+    kind: str  # "folder", "image", "npz", "npy", "cifar10", "cifar100" or "idx"
 
     def __init__(self, path: str, splits: dict[str, Split], *, kind: str,
                  class_names: list[str] | None = None, color: str = "keep",
@@ -149,7 +149,11 @@ class Source:
         came from, so that a document can be traced, and checked, later."""
         out = {}
         for name, split in self.splits.items():
-            if split.files is not None:
+            backing = getattr(split, "backing", None)  # the files an array split is read from
+            if backing is not None:
+                entries = sorted((os.fsencode(os.path.relpath(f, self.path) if os.path.isdir(self.path)
+                                              else os.path.basename(f)), os.path.getsize(f)) for f in backing)
+            elif split.files is not None:
                 sizes = getattr(split, "sizes", None)
                 if sizes is None:
                     sizes = [os.path.getsize(f) for f in split.files]
@@ -206,7 +210,8 @@ def check_color(color: str) -> str:
 def open_source(path: str | os.PathLike, *, color: str | None = None,
                 size: int | tuple[int, int] | None = None, resize_mode: str = "stretch",
                 interpolation: str = "bilinear", pad_value: int = 0, draft: bool = False,
-                channel_order: str = "rgb", on_error: str = "fail", name: str | None = None) -> Source:
+                channel_order: str = "rgb", on_error: str = "fail", name: str | None = None,
+                label: str | None = None) -> Source:
     """Open a dataset for reading.
 
     Parameters
@@ -236,6 +241,9 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
     name : str, optional
         How documents and outputs record the source (default: ``path`` as
         given, normalized).
+    label : {"fine", "coarse"}, optional
+        CIFAR-100's labels: ``fine_labels`` (default, 100 classes) or
+        ``coarse_labels`` (20 superclasses).
 
     Returns
     -------
@@ -248,7 +256,12 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
     path = os.fspath(path)
     if channel_order not in ("rgb", "bgr"):
         raise OptionError(f"channel order {channel_order!r} is not one of rgb, bgr", option="--channel-order")
-    src = _open(path, color, size, resize_mode, interpolation, pad_value, draft, on_error)
+    if label not in (None, "fine", "coarse"):
+        raise OptionError(f"label {label!r} is not one of fine, coarse", option="--label")
+    src = _open(path, color, size, resize_mode, interpolation, pad_value, draft, on_error, label)
+    if label is not None and src.kind != "cifar100":
+        raise OptionError(f"--label chooses CIFAR-100's fine or coarse labels; {path} is a {src.kind} source",
+                          option="--label")
     if channel_order == "bgr":
         if src.channels != 3:
             raise OptionError(f"--channel-order bgr reverses three colour channels; {path} is read with "
@@ -260,7 +273,7 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
     return src
 
 
-def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, on_error) -> Source:
+def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, on_error, label=None) -> Source:
     resize = None
     if size is not None:
         from .decode import Resize
@@ -271,20 +284,32 @@ def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, 
                           option="--size")
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or folder")
+    from .cifar import is_cifar_folder
+    from .idx import parse_name
     if os.path.isdir(path):
+        idx_files = _idx_files(path)
+        if is_cifar_folder(path) or idx_files:
+            _arrays_only(path, resize)
+            return _open_cifar(path, color, label) if is_cifar_folder(path) else _open_idx(path, idx_files, color)
         return _open_folder(path, check_color(color or "rgb"), resize, on_error)
     lower = path.lower()
     if lower.endswith(ARRAY_EXTENSIONS):
-        if resize is not None:
-            raise OptionError(f"{path}: --size resizes image files; arrays are read as stored", option="--size")
+        _arrays_only(path, resize)
         return _open_array_file(path, color)
+    parsed = parse_name(os.path.basename(path))
+    if parsed is not None:
+        if parsed[2] == "labels":
+            raise SourceError(f"{show_path(path)}: an IDX labels file; point imgnorm at its images file "
+                              "(or at the folder)")
+        _arrays_only(path, resize)
+        return _open_idx(path, _idx_files(os.path.dirname(path) or "."), color, only=path)
     if lower.endswith(IMAGE_EXTENSIONS):
         color = check_color(color or "rgb")
         split = FolderSplit("all", [path], None, color, resize)
         channels, dtype = _probe_pixels([path], color)
         split.pixels = (channels, dtype)
         return Source(path, {"all": split}, kind="image", color=color, channels=channels, dtype=dtype)
-    raise SourceError(f"{path}: not a folder, an .npz/.npy file or an image "
+    raise SourceError(f"{path}: not a folder, an .npz/.npy file, an IDX images file or an image "
                       f"({', '.join(IMAGE_EXTENSIONS)})")
 
 
@@ -556,9 +581,11 @@ def _probe_pixels(files: list[str], color: str) -> tuple[int, np.dtype]:
 class ArraySplit(Split):
     """Images from an array member, with labels from its ``y`` partner."""
 
-    def __init__(self, name: str, x: NpyMember, labels: np.ndarray | None, add_channel: bool):
+    def __init__(self, name: str, x: NpyMember, labels: np.ndarray | None, add_channel: bool,
+                 backing: list[str] | None = None):
         self.name = name
         self._x = x
+        self.backing = backing
         self.labels = labels
         self.files = None
         self._add_channel = add_channel
@@ -658,9 +685,82 @@ def _open_array_file(path: str, color: str | None) -> Source:
         dtype, channels = x.dtype, ch
         labels = read_labels(NpyMember(path, y_member), len(x), x.where) if y_member is not None else None
         splits[name] = ArraySplit(name, x, labels, add_channel)
+    _check_array_color(path, color, channels)
+    return Source(path, splits, kind=kind, color="keep", channels=channels, dtype=dtype)
+
+
+# ---------------------------------------------------------------- CIFAR and IDX
+
+
+def _arrays_only(path: str, resize) -> None:
+    if resize is not None:
+        raise OptionError(f"{path}: --size resizes image files; arrays are read as stored", option="--size")
+
+
+def _check_array_color(path: str, color: str | None, channels: int) -> None:
     if color not in (None, "keep"):
         want = {"rgb": 3, "gray": 1}[check_color(color)]
         if want != channels:
             raise OptionError(f"{path}: arrays have {channels} channel(s); --color {color} cannot change "
                               "stored arrays, use --color keep", option="--color")
-    return Source(path, splits, kind=kind, color="keep", channels=channels, dtype=dtype)
+
+
+def _open_cifar(path: str, color: str | None, label: str | None) -> Source:
+    """A ``cifar-10-batches-py`` or ``cifar-100-python`` folder: splits train and test."""
+    from .cifar import CifarBatches, batch_files, class_names
+    kind, files, meta = batch_files(path)
+    if not files:
+        raise SourceError(f"{show_path(path)}: a CIFAR folder without data_batch_N or test_batch files")
+    coarse = label == "coarse"
+    key = "labels" if kind == "cifar10" else ("coarse_labels" if coarse else "fine_labels")
+    names_key = "label_names" if kind == "cifar10" else ("coarse_label_names" if coarse else "fine_label_names")
+    splits: dict[str, Split] = {}
+    for name, batch_list in files.items():
+        x = CifarBatches(batch_list, key)
+        splits[name] = ArraySplit(name, x, x.labels, add_channel=False, backing=batch_list)
+    names = class_names(meta, names_key)
+    top = max(int(s.labels.max()) for s in splits.values() if len(s.labels))
+    if names is not None and top >= len(names):
+        raise SourceError(f"{show_path(meta)}: {len(names)} class names, but the batches hold label {top}")
+    _check_array_color(path, color, 3)
+    ignored = [(os.path.join(path, n), "not a CIFAR batch") for n in sorted(os.listdir(path))
+               if os.path.join(path, n) not in {f for fl in files.values() for f in fl} | {meta}]
+    return Source(path, splits, kind=kind, class_names=names, color="keep", channels=3, dtype=np.uint8,
+                  ignored=ignored)
+
+
+def _idx_files(folder: str) -> list[str]:
+    """The IDX files (images and labels) directly in ``folder``."""
+    from .idx import parse_name
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names
+            if parse_name(n) is not None and os.path.isfile(os.path.join(folder, n))]
+
+
+def _open_idx(path: str, files: list[str], color: str | None, only: str | None = None) -> Source:
+    """A folder of IDX files, or one IDX images file (``only``) with its labels file beside it."""
+    from .idx import IdxArray, idx_pairs
+    pairs = idx_pairs(files if only is None or only in files else files + [only], show_path(path), only)
+    if not pairs:
+        raise SourceError(f"{show_path(path)}: IDX labels but no IDX images file (*-images-idx3-ubyte[.gz])")
+    order = [s for s in SPLIT_ORDER if s in pairs] + sorted(s for s in pairs if s not in SPLIT_ORDER)
+    splits: dict[str, Split] = {}
+    dtype = channels = None
+    for name in order:
+        x_path, y_path = pairs[name]
+        x = IdxArray(x_path)
+        add_channel, ch = _image_layout(x)
+        if dtype is not None and (x.dtype != dtype or ch != channels):
+            raise SourceError(f"{x.where}: {x.dtype} with {ch} channels differs from the other splits' "
+                              f"{dtype} with {channels}")
+        dtype, channels = x.dtype, ch
+        labels = read_labels(IdxArray(y_path), len(x), x.where) if y_path is not None else None
+        splits[name] = ArraySplit(name, x, labels, add_channel,
+                                  backing=[x_path] + ([y_path] if y_path is not None else []))
+    _check_array_color(path, color, channels)
+    used = {f for pair in pairs.values() for f in pair if f is not None}
+    ignored = [(f, "IDX file without a partner") for f in files if f not in used] if only is None else []
+    return Source(path, splits, kind="idx", color="keep", channels=channels, dtype=dtype, ignored=ignored)
