@@ -287,6 +287,7 @@ def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, 
     from .cifar import is_cifar_folder
     from .idx import parse_name
     if os.path.isdir(path):
+        path = _cifar_child(path) or path
         idx_files = _idx_files(path)
         if is_cifar_folder(path) or idx_files:
             _arrays_only(path, resize)
@@ -727,6 +728,18 @@ def _open_cifar(path: str, color: str | None, label: str | None) -> Source:
                if os.path.join(path, n) not in {f for fl in files.values() for f in fl} | {meta}]
     return Source(path, splits, kind=kind, class_names=names, color="keep", channels=3, dtype=np.uint8,
                   ignored=ignored)
+
+
+CIFAR_FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
+
+
+def _cifar_child(folder: str) -> str | None:
+    """The CIFAR folder inside ``folder``, as torchvision's ``root`` holds it, or None."""
+    from .cifar import is_cifar_folder
+    found = [os.path.join(folder, n) for n in CIFAR_FOLDERS if is_cifar_folder(os.path.join(folder, n))]
+    if len(found) > 1:
+        raise SourceError(f"{show_path(folder)} holds both {' and '.join(CIFAR_FOLDERS)}; point imgnorm at one")
+    return found[0] if found else None
 
 
 def _idx_files(folder: str) -> list[str]:

@@ -322,3 +322,14 @@ def test_arrays_refuse_size_and_a_colour_they_do_not_have(fashion, cifar10):
     assert r.exit_code == 2 and "arrays are read as stored" in r.output
     r = CliRunner().invoke(cli, ["stats", str(cifar10[0]), "--color", "gray"])
     assert r.exit_code == 2 and "--color keep" in r.output
+
+
+def test_a_torchvision_root_holding_the_cifar_folder_is_read_too(cifar10, tmp_path):
+    root, batches = cifar10
+    src = open_source(tmp_path)  # tmp_path/cifar-10-batches-py, as torchvision's CIFAR10(root=...) finds it
+    assert src.kind == "cifar10" and src.path == str(root)
+    (tmp_path / "cifar-100-python").mkdir()
+    for name in ("train", "meta"):
+        (tmp_path / "cifar-100-python" / name).write_bytes(b"")
+    with pytest.raises(SourceError, match="holds both"):
+        open_source(tmp_path)
