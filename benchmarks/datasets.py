@@ -6,6 +6,8 @@ never download anything.
   rotation and stroke; mostly zero background, so it compresses like MNIST.
 - ``make_shapes_folder``: a small JPEG folder in the train/val/<class> layout.
 - ``make_photo_copies``: a folder of symlinked copies of a real photo folder.
+- ``make_cifar_like_npz``: CIFAR-10-shaped 32x32x3 uint8 images (smooth
+  colour blobs and noise, so neighbouring pixels correlate as in photos).
 - ``make_scans_npz``: 16-bit single-channel "scans" (smooth blobs on a dark
   field with noise, CT-like spread over ~40000 levels).
 
@@ -55,6 +57,26 @@ def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         idx = np.flatnonzero(labels == d)
         x[idx] = templates[rng.choice(by_digit[d], len(idx))]
     return x, labels
+
+
+def make_cifar_like_npz(path: str, n_train: int = 50000, n_test: int = 10000, seed: int = 0) -> str:
+    """``x_train`` (n_train, 32, 32, 3) and ``x_test`` uint8 with labels 0..9, uncompressed as Keras' arrays load."""
+    rng = np.random.default_rng(seed)
+
+    def images(n):
+        out = np.empty((n, 32, 32, 3), np.uint8)
+        for a in range(0, n, 1000):
+            m = min(1000, n - a)
+            low = rng.normal(0, 1, (m, 5, 5, 3)).astype(np.float32)
+            up = np.repeat(np.repeat(low, 8, axis=1), 8, axis=2)[:, 4:36, 4:36]  # blocky colour fields
+            smooth = (up + np.roll(up, 4, axis=1) + np.roll(up, 4, axis=2) + np.roll(up, (4, 4), axis=(1, 2))) / 4
+            x = 120 + 45 * smooth + rng.normal(0, 12, (m, 32, 32, 3)).astype(np.float32)
+            out[a:a + m] = np.clip(x, 0, 255).astype(np.uint8)
+        return out
+
+    np.savez(path, x_train=images(n_train), y_train=rng.integers(0, 10, n_train).astype(np.uint8),
+             x_test=images(n_test), y_test=rng.integers(0, 10, n_test).astype(np.uint8))
+    return path
 
 
 def make_scans_npz(path: str, n: int = 1500, size: int = 128, seed: int = 0) -> str:

@@ -23,7 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from datasets import make_digits_npz, make_photo_copies, make_scans_npz  # noqa: E402
+from datasets import make_cifar_like_npz, make_digits_npz, make_photo_copies, make_scans_npz  # noqa: E402
 
 PY = sys.executable
 # The installed console command, as users run it (`python -m imgnorm` from the
@@ -129,12 +129,19 @@ def h5_max_diff(a: str, b: str) -> float:
                    for s in ("train", "test") if s in fa and s in fb)
 
 
+def h5_max_abs(a: str) -> float:
+    import h5py
+    import numpy as np
+    with h5py.File(a) as fa:
+        return max(float(np.abs(fa[s]["x"][...]).max()) for s in ("train", "test") if s in fa)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "photos"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--copies", type=int, default=10, help="photo copies in the 1x folder")
-    ap.add_argument("--only", default="mnist,stats,percentiles,resize,memory")
+    ap.add_argument("--only", default="mnist,stats,percentiles,resize,memory,whiten")
     ap.add_argument("--workdir", default=os.path.join(ROOT, ".bench"))
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -193,6 +200,25 @@ def main():
             notes.append(f"percentiles, {label}: imgnorm's global percentiles, median, IQR and MAD "
                          f"{'equal' if same else 'DIFFER FROM'} numpy's; largest split histogram in the "
                          f"document: {hist / 1e3:.1f} kB")
+    if "whiten" in only:
+        cifar = os.path.join(w, "cifar_like.npz")
+        if not os.path.exists(cifar):
+            print("making a CIFAR-10-shaped .npz (50000 + 10000 32x32x3)...", flush=True)
+            make_cifar_like_npz(cifar)
+        for label, data, rounds in (("MNIST", mnist, a.rounds), ("CIFAR-shaped", cifar, max(1, a.rounds // 2))):
+            res = run_case("whiten", {
+                f"imgnorm whiten, {label}": (IMGNORM + ["whiten", data, "-o", o("w.h5"), "-q"], [o("w.h5")]),
+                f"imgnorm whiten --precision float32, {label}": (
+                    IMGNORM + ["whiten", data, "-o", o("w32.h5"), "-q", "--precision", "float32"], [o("w32.h5")]),
+                f"keras-preprocessing zca fit + standardize, {label}": (
+                    [PY, f"{HERE}/peers/whiten_keras.py", data, o("kw.h5")], [o("kw.h5")]),
+            }, rounds)
+            results += res["rows"]
+            notes.append(f"whiten {label}: max |imgnorm - Keras| / max |imgnorm| = "
+                         f"{h5_max_diff(o('w.h5'), o('kw.h5')) / h5_max_abs(o('w.h5')):.2g}; float32 product: "
+                         f"{h5_max_diff(o('w.h5'), o('w32.h5')) / h5_max_abs(o('w.h5')):.2g}")
+        out = subprocess.run([PY, f"{HERE}/whiten_error.py", mnist], capture_output=True, text=True, check=True)
+        notes.append(f"whiten MNIST: {out.stdout.strip()}")
     if "resize" in only:
         res = run_case("resize", {
             "imgnorm standardize --size 224x224": (

@@ -3,7 +3,8 @@
 The data path: :mod:`imgnorm.sources` (readers) -> :mod:`imgnorm.stats`
 (running statistics) -> :mod:`imgnorm.transforms` (the :class:`Scaler`) ->
 :mod:`imgnorm.store` (HDF5), joined by :mod:`imgnorm.pipeline` (plan, fit,
-write, as tasks over shards of a source).
+write, as tasks over shards of a source); :mod:`imgnorm.whiten` fits and
+applies ZCA / PCA whitening on the same stages.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "open_source": "sources", "Source": "sources", "Split": "sources", "Batch": "sources",
     "compute_stats": "pipeline", "transform_to_hdf5": "pipeline", "plan_write": "pipeline",
-    "Scaler": "transforms",
+    "Scaler": "transforms", "Whitener": "whiten", "whiten_to_hdf5": "whiten",
     "RunningStats": "stats", "stats_document": "stats", "merge_documents": "stats",
     "read_stats_document": "stats", "write_stats_document": "stats", "check_stats_document": "stats",
     "ImgnormError": "errors", "SourceError": "errors", "ImageError": "errors", "DataError": "errors",
@@ -30,9 +31,9 @@ __all__ = [
     # read a dataset
     "open_source", "Source", "Split", "Batch",
     # statistics and scaling
-    "compute_stats", "Scaler", "RunningStats",
+    "compute_stats", "Scaler", "RunningStats", "Whitener",
     # write scaled arrays
-    "transform_to_hdf5", "plan_write",
+    "transform_to_hdf5", "plan_write", "whiten_to_hdf5",
     # stats documents
     "stats_document", "merge_documents", "read_stats_document", "write_stats_document", "check_stats_document",
     # errors

@@ -102,10 +102,14 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     """Run the command line, then end the process without the interpreter's teardown."""
-    # imgnorm does no linear algebra. OpenBLAS (loaded by numpy) starts a thread
-    # per core that busy-waits after start-up, on the very cores that inflate,
-    # decode and scale. Set before numpy is imported; a user's setting wins.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Only whitening does linear algebra, and it asks for the cores when it
+    # does (workers.blas_on_all_cores). OpenBLAS (loaded by numpy) otherwise
+    # starts a thread per core that busy-waits after start-up, on the very
+    # cores that inflate, decode and scale. Set before numpy is imported; a
+    # user's setting wins.
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        os.environ["IMGNORM_BLAS_ONE_THREAD"] = "1"  # ours, not the user's: whitening may raise it
     tune_malloc()
     closed = open_closed_std_fds()
     try:

@@ -70,7 +70,27 @@ def describe_h5(path: str, *, show_progress: bool = False) -> dict:
 
     info = read_h5_info(path)
     info["check"] = stored_stats(info, show_progress=show_progress)
+    if info["attrs"].get("method") == "whiten":
+        info["whitening"] = _whitening_facts(path)
     return info
+
+
+def _whitening_facts(path: str) -> dict | None:
+    """The decomposition stored in ``/whitening``: its size and eigenvalue range."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r", locking=False) as f:
+        g = f.get("whitening")
+        if not isinstance(g, h5py.Group) or "eigenvalues" not in g or "matrix" not in g:
+            return None
+        ev = g["eigenvalues"][...]
+        return {"method": str(g.attrs.get("method", "")),
+                "image_shape": [int(v) for v in g.attrs.get("image_shape", [])],
+                "matrix_shape": list(g["matrix"].shape), "eigenvalues": int(ev.size),
+                "largest": float(ev.max()) if ev.size else None, "smallest": float(ev.min()) if ev.size else None,
+                "zero": int(np.count_nonzero(ev <= 1e-12 * max(float(ev.max()), 1e-300))) if ev.size else 0,
+                "datasets": sorted(g)}
 
 
 # How many entries of each kind a description lists by name before it only counts.

@@ -584,8 +584,9 @@ def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: 
     """Scale and write one split, computing its statistics on the way if it was not fitted on."""
     source, split, shape = plan.source, plan.source.splits[name], plan.shapes[name]
     stored = source.stored_name
-    writer.create_split(name, len(split), shape, labels_dtype=split.labels.dtype if split.labels is not None
-                        else None, files=[stored(f) for f in split.files] if split.files is not None else None)
+    writer.create_split(name, len(split), scaler.output_shape(shape),
+                        labels_dtype=split.labels.dtype if split.labels is not None else None,
+                        files=[stored(f) for f in split.files] if split.files is not None else None)
     fresh = name not in state.results
     rs = RunningStats(source.channels, source.dtype) if fresh else state.results[name]
     per_batch = plan.rows(name)
@@ -672,7 +673,10 @@ def _stored_blocks(info: dict, name: str):
 
     layout = info["attrs"].get("options", {}).get("layout", "nhwc")
     for block in iter_stored(info["path"], name):
-        yield block.transpose(0, 2, 3, 1) if layout == "nchw" else block
+        if block.ndim == 2:  # PCA components: one row of values, one channel
+            yield block[:, None, :, None]
+        else:
+            yield block.transpose(0, 2, 3, 1) if layout == "nchw" else block
 
 
 def stored_stats(info: dict, *, show_progress: bool = False) -> dict:
@@ -683,7 +687,10 @@ def stored_stats(info: dict, *, show_progress: bool = False) -> dict:
     """
     checks = {}
     for name, s in info["splits"].items():
-        channels = s["shape"][1] if info["attrs"].get("options", {}).get("layout") == "nchw" else s["shape"][-1]
+        if len(s["shape"]) == 2:
+            channels = 1
+        else:
+            channels = s["shape"][1] if info["attrs"].get("options", {}).get("layout") == "nchw" else s["shape"][-1]
         rs = RunningStats(channels, np.float64)
         with progress(s["shape"][0], f"check {name}", show_progress) as bar:
             for block in _stored_blocks(info, name):

@@ -120,6 +120,12 @@ def format_h5(info: dict) -> str:
         clip = f"clip x to [{_vec(opts['clip_lo'])}, {_vec(opts['clip_hi'])}], then " if "clip_lo" in opts else ""
         lines.append(f"applied: {clip}(x - {_vec(opts['offset'])}) / {_vec(opts['scale'])}"
                      + ("  then clip to [-1, 1] and (v + 1) / 2" if opts.get("clip_rescale") else ""))
+    wh = info.get("whitening")
+    if wh:
+        lines.append(f"whitening: {wh['method']}, images {'x'.join(map(str, wh['image_shape']))}, matrix "
+                     f"{'x'.join(map(str, wh['matrix_shape']))}; eigenvalues {wh['largest']:.6g} .. "
+                     f"{wh['smallest']:.6g} ({wh['zero']} of {wh['eigenvalues']} zero); /whitening holds "
+                     f"{', '.join(wh['datasets'])}")
     stats = attrs.get("stats") or {}
     fit = (stats.get("splits") or {}).get(stats.get("fit_split"), {})
     if fit.get("percentiles", {}).get("global"):

@@ -62,15 +62,19 @@ class H5Writer:
             return {"compression": "lzf", "shuffle": True}
         return {}
 
-    def create_split(self, name: str, n: int, image_shape: tuple[int, int, int], *,
+    def create_split(self, name: str, n: int, image_shape: tuple[int, ...], *,
                      labels_dtype=None, files: list[str] | None = None) -> None:
-        """Make ``/<name>/x`` for ``n`` images of shape (height, width, channels).
+        """Make ``/<name>/x`` for ``n`` images of shape (height, width, channels),
+        or of vectors of shape (k,) (PCA components; no layout applies).
 
         ``files``: the names ``/<name>/files`` may hold (each row's is given to
         :meth:`write`), which size its fixed-length strings.
         """
-        h, w, c = image_shape
-        row = (h, w, c) if self.layout == "nhwc" else (c, h, w)
+        if len(image_shape) == 1:
+            row = tuple(image_shape)
+        else:
+            h, w, c = image_shape
+            row = (h, w, c) if self.layout == "nhwc" else (c, h, w)
         chunk_n = chunk_rows(n, image_shape, self.dtype)
         g = self.f.create_group(name)
         ds = {"x": g.create_dataset("x", shape=(n,) + row, maxshape=(None,) + row, dtype=self.dtype,
@@ -86,7 +90,7 @@ class H5Writer:
         """Append a batch ``x`` of shape (n, height, width, channels), already scaled,
         with its labels and file names."""
         ds = self._ds[name]
-        ds["x"].append(x if self.layout == "nhwc" else x.transpose(0, 3, 1, 2))
+        ds["x"].append(x if self.layout == "nhwc" or x.ndim != 4 else x.transpose(0, 3, 1, 2))
         if labels is not None and "y" in ds:
             ds["y"].append(np.asarray(labels))
         if files is not None and "files" in ds:
@@ -345,8 +349,8 @@ def _checked_attr(path: str, name: str, v):
     if name in ("imgnorm_version", "source", "method"):
         if not isinstance(v, str):
             raise bad("is not text")
-        if name == "method" and v not in METHODS:
-            raise bad(f"is {v[:40]!r}, not one of {', '.join(METHODS)}")
+        if name == "method" and v not in METHODS + ("whiten",):
+            raise bad(f"is {v[:40]!r}, not one of {', '.join(METHODS + ('whiten',))}")
         return v
     if name not in _JSON_ATTRS:
         return v
@@ -372,9 +376,9 @@ def _checked_attr(path: str, name: str, v):
 
 def _split_info(path: str, name: str, g, layout: str) -> dict:
     x = g["x"]
-    if not isinstance(x, h5py.Dataset) or x.ndim != 4 or x.dtype.kind != "f":
-        raise SourceError(f"{show_path(path)}: /{name}/x is not a 4-D array of floats; the file was changed after "
-                          "imgnorm wrote it, or was not written by imgnorm")
+    if not isinstance(x, h5py.Dataset) or x.ndim not in (2, 4) or x.dtype.kind != "f":
+        raise SourceError(f"{show_path(path)}: /{name}/x is not a 4-D (or, PCA, 2-D) array of floats; the file was "
+                          "changed after imgnorm wrote it, or was not written by imgnorm")
     s = {"shape": list(x.shape), "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
          "compression": x.compression or "none"}
     if "y" in g:

@@ -775,6 +775,10 @@ class Scaler:
         y, _ = self.transform_batch(x4, dtype)
         return restore(y)
 
+    def output_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """What one image becomes: scaling keeps its shape."""
+        return tuple(image_shape)
+
     def transform_batch(self, x: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, int]:
         """Scale ``x`` of shape (n, height, width, channels); also returns how many images had
         a zero std or spread (per-image scaling gives those scale 1)."""

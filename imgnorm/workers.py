@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from multiprocessing.connection import Pipe
 from typing import Callable, Iterable, Iterator
 
@@ -356,3 +357,45 @@ def progress(total: int, desc: str, show: bool | str):
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------ BLAS threads
+
+
+def _openblas_threads():
+    """``(get, set)`` of the OpenBLAS numpy loaded, or None (another BLAS, or none found)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", "_64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    put.argtypes, put.restype, get.restype = [ctypes.c_int], None, ctypes.c_int
+                    return get, put
+    return None
+
+
+@contextmanager
+def blas_on_all_cores():
+    """Let OpenBLAS use every core for the block inside, where imgnorm's
+    ``__main__`` held it to one thread (a user's OPENBLAS_NUM_THREADS is kept)."""
+    handle = _openblas_threads() if os.environ.get("IMGNORM_BLAS_ONE_THREAD") == "1" else None
+    if handle is None:
+        yield
+        return
+    get, put = handle
+    before = get()
+    put(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        put(before)

@@ -185,7 +185,8 @@ def idx_bytes(a: np.ndarray) -> bytes:
     """An IDX file of ``a``, written from the format's definition (big-endian)."""
     code = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype("i2"): 0x0B, np.dtype("i4"): 0x0C,
             np.dtype("f4"): 0x0D, np.dtype("f8"): 0x0E}[a.dtype]
-    return bytes([0, 0, code, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(a.dtype.newbyteorder(">")).tobytes()
+    head = bytes([0, 0, code, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+    return head + a.astype(a.dtype.newbyteorder(">")).tobytes()
 
 
 def write_idx(path, a, gz=True):
