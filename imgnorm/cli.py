@@ -226,8 +226,9 @@ def cli(debug):
     """Exact, streaming pixel statistics and normalization of image datasets.
 
     Reads folders of images (class subfolders, optional train/val/test split
-    folders), .npz files in the Keras mnist.npz layout, .npy files and single
-    images; writes statistics as JSON and scaled arrays as HDF5.
+    folders; 8 or 16 bits), .npz files in the Keras mnist.npz layout, .npy
+    files, CIFAR-10/100 batches, IDX files (Fashion-MNIST) and single images;
+    writes statistics as JSON and scaled (or whitened) arrays as HDF5.
 
     Every option can also come from the environment: IMGNORM_<OPTION> for
     every command (IMGNORM_WORKERS=2), IMGNORM_<COMMAND>_<OPTION> for one.
@@ -242,7 +243,7 @@ def cli(debug):
         signal.signal(sig, _on_sigterm)
 
 
-@cli.command(short_help="Count, min, max, mean and std of the pixels, global and per channel.")
+@cli.command(short_help="Count, min, max, mean, std and exact percentiles, global and per channel.")
 @click.argument("source")
 @read_options
 @click.option("--json", "as_json", is_flag=True, help="Print the stats document (JSON) instead of a table.")
@@ -253,7 +254,7 @@ def cli(debug):
 @click.option("--per-class", is_flag=True, help="Also the statistics of each class within each split.")
 @translate_errors
 def stats(source, as_json, output, force, q, per_class, **opts):
-    """Count, min, max, mean and std of the pixels, global and per channel.
+    """Count, min, max, mean, std and exact percentiles of the pixels, global and per channel.
 
     \b
     Examples:
