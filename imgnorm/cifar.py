@@ -184,6 +184,11 @@ class CifarBatches:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Images ``start:stop``, shape (n, 32, 32, 3), channels last as torchvision and Keras give them."""
+        from .npz import _lock_of
+        with _lock_of(self):  # the held batch is this object's state
+            return self._read(start, stop)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, SIDE, SIDE, 3), np.uint8)
         k = int(np.searchsorted(self._starts, start, side="right")) - 1
         row = start
@@ -200,4 +205,5 @@ class CifarBatches:
     def __getstate__(self):  # the held batch does not travel to another process
         state = dict(self.__dict__)
         state["_held"] = None
+        state.pop("_lock", None)
         return state

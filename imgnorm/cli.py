@@ -192,6 +192,9 @@ read_options = _options(
                  help="Record the source as NAME in documents and outputs [default: its path as given]."),
     click.option("--workers", type=click.IntRange(min=1), default=None,
                  help="Decoding processes for image folders [default: all cores]."),
+    click.option("--scheduler", metavar="ADDRESS",
+                 help="Run the reading tasks on Dask: local, local:N (a LocalCluster of N processes) or a "
+                      "scheduler's address (tcp://host:8786). Needs imgnorm[dask]."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None,
                  help="Images held in memory at once, per worker [default: 64 images from a folder of mixed "
                       "sizes, else about 4 MiB of float32 output]."),
@@ -212,6 +215,16 @@ def _open(source, opts: dict):
                        interpolation=opts.pop("interpolation"), pad_value=opts.pop("pad_value"),
                        draft=opts.pop("draft"), channel_order=opts.pop("channel_order"), on_error=opts["on_error"],
                        name=opts.pop("source_name"), label=opts.pop("label"))
+
+
+def _executor(src, opts: dict, show):
+    """A Dask executor when ``--scheduler`` is given (removed from ``opts``), else None: the built-in pool."""
+    scheduler = opts.pop("scheduler")
+    if not scheduler:
+        return None
+    from .cluster import DaskExecutor
+
+    return DaskExecutor(src, scheduler, show=show != "none")
 
 
 def _show_progress(opts: dict):
@@ -267,9 +280,11 @@ def stats(source, as_json, output, force, q, per_class, **opts):
     from .stats import document_json
 
     src = _open(source, opts)
+    show = _show_progress(opts)
     doc = compute_stats(src, split=opts["split"], batch_size=opts["batch_size"], workers=opts["workers"],
-                        on_error=opts["on_error"], show_progress=_show_progress(opts), output=output, force=force,
-                        dry_run=opts["dry_run"], percentiles=q, per_class=per_class)
+                        on_error=opts["on_error"], show_progress=show, output=output, force=force,
+                        dry_run=opts["dry_run"], percentiles=q, per_class=per_class,
+                        executor=_executor(src, opts, show))
     if opts["dry_run"]:
         return emit(document_json(doc) if as_json else format_plan(doc))
     _report_skipped(src, doc)
@@ -352,7 +367,8 @@ def _run_transform(method, source, opts, **method_opts):
     split, as_json, dry_run = opts.pop("split"), opts.pop("as_json"), opts.pop("dry_run")
     show = _show_progress(opts)
     result = transform_to_hdf5(src, opts.pop("output"), scaler, splits=[split] if split else None,
-                               show_progress=show, inputs={"--stats": stats_path}, dry_run=dry_run, **opts)
+                               show_progress=show, inputs={"--stats": stats_path}, dry_run=dry_run,
+                               executor=_executor(src, opts, show), **opts)
     if dry_run:
         return emit(document_json(result) if as_json else format_plan(result))
     for w in result["warnings"]:
@@ -495,7 +511,7 @@ def whiten(source, zca, epsilon, keras, standardize, components, unit, precision
     split, as_json, dry_run = opts.pop("split"), opts.pop("as_json"), opts.pop("dry_run")
     show = _show_progress(opts)
     result = whiten_to_hdf5(src, opts.pop("output"), whitener, fit=fit_file, splits=[split] if split else None,
-                            show_progress=show, dry_run=dry_run, **opts)
+                            show_progress=show, dry_run=dry_run, executor=_executor(src, opts, show), **opts)
     if dry_run:
         from .report import format_plan
         return emit(document_json(result) if as_json else format_plan(result))

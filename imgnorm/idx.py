@@ -116,7 +116,12 @@ class IdxArray:
         return not self.path.lower().endswith(".gz")
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as an in-memory array of the native byte order."""
+        """Rows ``start:stop`` as an in-memory array of the native byte order (one read at a time)."""
+        from .npz import _lock_of
+        with _lock_of(self):
+            return self._read(start, stop)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
         row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.stored_dtype.itemsize
         out = np.empty((stop - start,) + self.row_shape, self.stored_dtype)
         try:
@@ -166,6 +171,7 @@ class IdxArray:
         state = dict(self.__dict__)
         state["_stream"] = None
         state["_next_row"] = 0
+        state.pop("_lock", None)
         return state
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zipfile
 import zlib
 
@@ -181,8 +182,13 @@ class NpyMember:
         return self._data_start is not None
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as an in-memory array of the native byte order."""
-        out = self._read(start, stop)
+        """Rows ``start:stop`` as an in-memory array of the native byte order.
+
+        One read at a time per member (a Dask worker may run tasks in threads):
+        the stream and the running CRC are this object's state.
+        """
+        with _lock_of(self):
+            out = self._read(start, stop)
         if out.dtype != self.dtype:
             out = out.byteswap().view(self.dtype)
         return out
@@ -275,7 +281,20 @@ class NpyMember:
         state = dict(self.__dict__)
         state["_stream"] = state["_zip"] = None
         state["_next_row"] = 0
+        state.pop("_lock", None)
         return state
+
+
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(obj) -> threading.Lock:
+    """The object's own lock, made on first use (locks do not pickle)."""
+    lock = obj.__dict__.get("_lock")
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = obj.__dict__.setdefault("_lock", threading.Lock())
+    return lock
 
 
 def read_labels(y: NpyMember, n_images: int, x_where: str) -> np.ndarray:

@@ -68,15 +68,16 @@ def batch_rows(split: Split | None, batch_size: int | None, shape: tuple[int, ..
     return max(1, BATCH_BYTES // (values * 4) // chunk) * chunk
 
 
-def shards(source: Source, names: list[str], rows: int | dict[str, int], *, parallel: bool) -> list[Shard]:
+def shards(source: Source, names: list[str], rows: int | dict[str, int], *, parallel: bool,
+           chunk: int = WORKER_CHUNK) -> list[Shard]:
     """The shards of splits ``names``: ``rows`` images each (per split if a dict),
-    or a smaller share for decoding workers."""
+    or ``chunk`` (the executor's share) for decoding workers."""
     out = []
     for name in names:
         split = source.splits[name]
         step = rows[name] if isinstance(rows, dict) else rows
         if parallel and source.decodes:
-            step = min(WORKER_CHUNK, step)
+            step = min(chunk, step)
         out += [Shard(name, a, min(a + step, len(split))) for a in range(0, len(split), step)]
     return out
 
@@ -138,6 +139,11 @@ def read_task(source: Source, shard: Shard, on_error: str = "fail",
     return batch, rs
 
 
+def _chunk(ex) -> int:
+    """Images per decoding task on executor ``ex`` (larger on Dask, whose tasks cost more to send)."""
+    return getattr(ex, "chunk", WORKER_CHUNK)
+
+
 def _executor(source: Source, names: list[str], workers: int | None, batch_size: int | None) -> LocalExecutor:
     items = sum(len(source.splits[n]) for n in names)
     tasks = len(shards(source, names, batch_rows(None, batch_size, (1, 1, 1)), parallel=True))
@@ -192,7 +198,7 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
                                                                    for n in names}}
         with executor or _executor(source, names, workers, batch_size) as ex:
             rows = {n: batch_rows(source.splits[n], batch_size) for n in names}
-            tasks = shards(source, names, rows, parallel=ex.parallel)
+            tasks = shards(source, names, rows, parallel=ex.parallel, chunk=_chunk(ex))
             results, classes, skipped = _stats_pass(source, tasks, ex, on_error, per_class, show_progress)
         for name in names:
             if results[name].images_ == 0 and len(source.splits[name]):
@@ -524,7 +530,8 @@ def fit_pass(plan: WritePlan, scaler: Scaler, ex, cache: "PixelCache", skipped: 
     source, name = plan.source, plan.fit_split
     split, shape = source.splits[name], plan.shapes[name]
     rs = RunningStats(source.channels, source.dtype)
-    tasks = shards(source, [name], batch_rows(split, plan.batch_size, shape), parallel=ex.parallel)
+    tasks = shards(source, [name], batch_rows(split, plan.batch_size, shape), parallel=ex.parallel,
+                   chunk=_chunk(ex))
     if cache.holds(name):
         parts = ex.map(partial(cache_task, path=cache.path, shape=shape, on_error=plan.on_error), tasks)
     elif ex.parallel or source.decodes:
@@ -593,7 +600,7 @@ def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: 
     if cache.holds(name):
         batches = ((b, None) for b in cache.batches(per_batch))
     else:
-        tasks = shards(source, [name], per_batch, parallel=ex.parallel)
+        tasks = shards(source, [name], per_batch, parallel=ex.parallel, chunk=_chunk(ex))
         batches = ex.map(partial(read_task, on_error=plan.on_error, with_stats=fresh), tasks)
 
     def scale(batch_stats):

@@ -764,7 +764,7 @@ def fit_whitener(plan, whitener: Whitener, ex, cache, skipped: list, show_progre
     """
     from functools import partial
 
-    from .pipeline import _as_array, fit_pass, read_task, shards
+    from .pipeline import _as_array, _chunk, fit_pass, read_task, shards
     from .stats import RunningStats
     from .workers import ahead, progress
 
@@ -776,7 +776,7 @@ def fit_whitener(plan, whitener: Whitener, ex, cache, skipped: list, show_progre
         batches = ((b, None) for b in cache.batches(rows))
     else:
         rs = RunningStats(source.channels, source.dtype)
-        tasks = shards(source, [name], rows, parallel=ex.parallel)
+        tasks = shards(source, [name], rows, parallel=ex.parallel, chunk=_chunk(ex))
         batches = ex.map(partial(read_task, on_error=plan.on_error, with_stats=True), tasks)
     with progress(len(split), f"covariance {name}", show_progress) as bar:
         for batch, part in ahead(batches, lambda bp: bp):

@@ -1,0 +1,187 @@
+"""Running a pass's tasks on Dask: a cluster's workers instead of the built-in pool.
+
+:class:`DaskExecutor` has the shape of :class:`imgnorm.workers.LocalExecutor`:
+``map(fn, tasks)`` runs ``fn(source, task)`` for each task and yields the
+results in task order, so the pipeline merges them exactly as it does the
+pool's: the statistics are exact integer sums, and a stats document from a
+cluster is byte for byte the one a single process writes, whatever the
+number of workers or tasks, and when a worker dies (Dask runs its tasks
+again elsewhere).
+
+What travels: the source's description once (file names, how to read
+them; scattered to every worker), a task's few numbers, and its result
+(statistics: some KB; for the write commands, the pixels of the batch,
+which this process writes). Workers read the images themselves, so they
+need the same paths: a shared file system on a real cluster.
+
+``dask`` and ``distributed`` are the optional extra ``imgnorm[dask]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Callable, Iterable, Iterator
+
+from .errors import ImgnormError, OptionError
+
+EXTRA = "pip install 'imgnorm[dask]'"
+CONNECT_TIMEOUT = 10  # seconds; dask's own default is 30
+# Tasks submitted ahead of the one whose result is awaited, per worker: enough
+# to keep every worker busy, few enough that results (pixels, for the write
+# commands) do not pile up in the workers' memory.
+AHEAD_PER_WORKER = 4
+
+
+# A LocalCluster's workers: no statistical profiler (a thread sampling every
+# task's stack every 10 ms, which costs decoding a third of its speed here).
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
+def _prepare_worker() -> None:
+    """Run once in every worker: the allocator settings of imgnorm's own process (see
+    :func:`imgnorm.__main__.tune_malloc`: batch buffers reused, not page-faulted afresh)."""
+    from .__main__ import tune_malloc
+
+    tune_malloc()
+
+
+class SchedulerError(ImgnormError):
+    """The Dask scheduler cannot be reached or the cluster cannot start."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def parse_scheduler(text: str) -> tuple[str, int | None]:
+    """``("local", n or None)`` for ``local`` / ``local:N``, else ``("address", None)`` for a scheduler address."""
+    text = text.strip()
+    m = re.fullmatch(r"local(?::(\d+))?", text)
+    if m:
+        n = int(m.group(1)) if m.group(1) else None
+        if n is not None and n < 1:
+            raise OptionError(f"--scheduler {text}: local:N needs N of 1 or more", option="--scheduler")
+        return "local", n
+    if not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+|[\w.\-]+:\d+", text):
+        raise OptionError(f"--scheduler {text!r} is not local, local:N or a scheduler address such as "
+                          "tcp://host:8786", option="--scheduler")
+    return "address", None
+
+
+def _need_dask():
+    try:
+        import distributed  # noqa: F401
+        return distributed
+    except ImportError:
+        raise OptionError(f"--scheduler runs on Dask, which is not installed: {EXTRA}", option="--scheduler") \
+            from None
+
+
+class DaskExecutor:
+    """Runs ``fn(source, task)`` for each task on a Dask cluster, results in task order.
+
+    Parameters
+    ----------
+    source : Source
+        Sent to every worker once.
+    scheduler : str
+        ``local`` / ``local:N`` (a LocalCluster of N worker processes, default
+        one per core) or the address of a running scheduler (``tcp://host:8786``).
+    show : bool
+        Print the dashboard's address on stderr, where there is one.
+    """
+
+    parallel = True
+    chunk = 64  # images per decoding task at least: a Dask task costs ms to schedule, a pool task far less
+
+    def __init__(self, source, scheduler: str, *, show: bool = False):
+        self.source = source
+        self.kind, self.n = parse_scheduler(scheduler)
+        self.scheduler = scheduler
+        self.show = show
+        self.client = self.cluster = self._source = None
+
+    def __enter__(self) -> "DaskExecutor":
+        self._depth = getattr(self, "_depth", 0) + 1
+        if self.client is not None:  # entered already (by the caller, then by the pipeline)
+            return self
+        distributed = _need_dask()
+        import dask
+
+        try:
+            if self.kind == "local":
+                n = self.n or len(os.sched_getaffinity(0))
+                # Worker processes forked from a server process that imported the reading code once
+                # (forkserver): not forked from this one, whose threads (Dask's event loop) could
+                # hold a lock at the fork, and each does not import everything again.
+                import multiprocessing
+
+                multiprocessing.get_context("forkserver").set_forkserver_preload(
+                    ["imgnorm.pipeline", "imgnorm.decode", "distributed.nanny", "distributed.worker"])
+                with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", **WORKER_CONFIG}):
+                    self.cluster = distributed.LocalCluster(
+                        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                        silence_logs=50, worker_dashboard_address=None)
+                self.client = distributed.Client(self.cluster, timeout=CONNECT_TIMEOUT)
+            else:
+                with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s"}):
+                    self.client = distributed.Client(self.scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as e:
+            self._close()
+            raise SchedulerError(f"cannot reach the Dask scheduler at {self.scheduler} within {CONNECT_TIMEOUT} s "
+                                 f"({_first_line(e)}); start it (dask scheduler) or check the address") from None
+        except Exception as e:  # something answered that is not a Dask scheduler (garbage frames: MemoryError...)
+            self._close()
+            raise SchedulerError(f"{self.scheduler} did not answer as a Dask scheduler ({type(e).__name__}: "
+                                 f"{_first_line(e)}); check the address and port") from None
+        except BaseException:
+            self._close()
+            raise
+        if self.show:
+            link = getattr(self.client, "dashboard_link", None)
+            if link:
+                print(f"dask: {len(self.workers())} worker(s), dashboard {link}", file=sys.stderr, flush=True)
+        self.client.run(_prepare_worker)
+        self._source = self.client.scatter(self.source, broadcast=True, hash=False)
+        # About 32 tasks per worker and split, each of at least 64 images: the scheduler's
+        # work (in this process, on the cores that decode) stays small, the last task short.
+        images = max((len(s) for s in self.source.splits.values()), default=0)
+        self.chunk = max(type(self).chunk, images // (32 * max(1, len(self.workers()))))
+        return self
+
+    def workers(self) -> list:
+        return list(self.client.scheduler_info().get("workers", {}))
+
+    def map(self, fn: Callable, tasks: Iterable) -> Iterator:
+        """Results of ``fn(source, task)`` in task order; a failed task raises its error here."""
+        tasks = list(tasks)
+        window = max(2, AHEAD_PER_WORKER * max(1, len(self.workers())))
+        futures = {}
+        try:
+            for i in range(min(window, len(tasks))):
+                futures[i] = self.client.submit(fn, self._source, tasks[i], pure=False)
+            for i in range(len(tasks)):
+                result = futures.pop(i).result()
+                if i + window < len(tasks):
+                    futures[i + window] = self.client.submit(fn, self._source, tasks[i + window], pure=False)
+                yield result
+        finally:
+            for f in futures.values():
+                f.cancel()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._depth -= 1
+        if self._depth <= 0:
+            self._close()
+
+    def _close(self) -> None:
+        for thing in (self.client, self.cluster):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # closing after a failure: nothing more to do
+                    pass
+        self.client = self.cluster = self._source = None

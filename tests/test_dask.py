@@ -1,0 +1,131 @@
+"""Dask: the same bytes from a cluster as from one process, a killed worker changing nothing.
+
+One LocalCluster of 2 worker processes serves the module (started once: a
+cluster costs about a second); the killed-worker test starts its own.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import signal
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import imgnorm
+from imgnorm.cli import cli
+from imgnorm.pipeline import compute_stats, transform_to_hdf5
+from imgnorm.stats import document_bytes
+
+from conftest import write_jpeg
+
+distributed = pytest.importorskip("distributed")
+# Dask's own sockets and dashboards (closed by its threads, on its schedule), not imgnorm's:
+pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
+              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+              pytest.mark.filterwarnings("ignore:Port .* is already in use")]
+from imgnorm.cluster import DaskExecutor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=50) as c:
+        yield c.scheduler_address
+
+
+@pytest.fixture
+def folder(tmp_path, rng):
+    root = tmp_path / "photos"
+    for split, n in (("train", 30), ("val", 9)):
+        for i in range(n):
+            write_jpeg(root / split / ("a" if i % 3 else "b") / f"{i:03d}.jpg", rng, size=(24 + i % 5, 20))
+    return root
+
+
+def test_stats_documents_are_byte_identical_for_any_shard_count(cluster, folder, mnist_npz_compressed,
+                                                                monkeypatch):
+    for path in (folder, mnist_npz_compressed[0]):
+        src = imgnorm.open_source(path)
+        want = document_bytes(compute_stats(src, workers=1))
+        for chunk, batch in ((1, None), (7, 5), (64, None)):
+            monkeypatch.setattr(DaskExecutor, "chunk", chunk)
+            got = compute_stats(src, executor=DaskExecutor(src, cluster), batch_size=batch)
+            assert document_bytes(got) == want, (path, chunk)
+
+
+def test_a_write_command_on_dask_writes_the_same_bytes(cluster, folder, tmp_path):
+    src = imgnorm.open_source(folder, size=(16, 16))
+    a, b = tmp_path / "pool.h5", tmp_path / "dask.h5"
+    transform_to_hdf5(src, str(a), "standardize", workers=2)
+    transform_to_hdf5(src, str(b), "standardize", executor=DaskExecutor(src, cluster))
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_the_command_line_takes_a_scheduler_address_and_the_environment(cluster, mnist_npz, tmp_path):
+    mnist_npz = mnist_npz[0]
+    out = tmp_path / "s.json"
+    r = CliRunner().invoke(cli, ["stats", str(mnist_npz), "-o", str(out), "-q"], env={"IMGNORM_SCHEDULER": cluster})
+    assert r.exit_code == 0, r.output
+    src = imgnorm.open_source(mnist_npz)
+    assert out.read_bytes() == document_bytes(compute_stats(src))
+
+
+class _KillingExecutor(DaskExecutor):
+    """Kills one worker process as soon as the first result is in: mid-run, every time."""
+
+    def map(self, fn, tasks):
+        pids = self.client.run(os.getpid)
+        for i, result in enumerate(super().map(fn, tasks)):
+            if i == 0:
+                os.kill(next(iter(pids.values())), signal.SIGKILL)
+            yield result
+
+
+def test_a_worker_killed_mid_run_changes_nothing(tmp_path, rng, monkeypatch):
+    root = tmp_path / "p"
+    for i in range(60):
+        write_jpeg(root / ("a" if i % 2 else "b") / f"{i:03d}.jpg", rng, size=(64, 48))
+    src = imgnorm.open_source(root)
+    want = document_bytes(compute_stats(src, workers=1))
+    monkeypatch.setattr(DaskExecutor, "chunk", 2)  # 30 tasks: most run after the kill
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=50) as c:
+        got = compute_stats(src, executor=_KillingExecutor(src, c.scheduler_address))
+    assert document_bytes(got) == want
+
+
+def test_without_the_extra_or_a_scheduler_the_error_says_what_to_do(mnist_npz, monkeypatch):
+    import imgnorm.cluster as cl
+    mnist_npz = mnist_npz[0]
+    real_import = builtins.__import__
+
+    def no_dask(name, *args, **kwargs):
+        if name.split(".")[0] in ("distributed", "dask"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dask)
+    r = CliRunner().invoke(cli, ["stats", str(mnist_npz), "--scheduler", "local:2"])
+    assert r.exit_code == 2 and "pip install 'imgnorm[dask]'" in r.output
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    monkeypatch.setattr(cl, "CONNECT_TIMEOUT", 1)
+    r = CliRunner().invoke(cli, ["stats", str(mnist_npz), "--scheduler", "tcp://127.0.0.1:9"])
+    assert r.exit_code == 1 and "tcp://127.0.0.1:9" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["stats", str(mnist_npz), "--scheduler", "local:0"])
+    assert r.exit_code == 2 and "local:N" in r.output
+    r = CliRunner().invoke(cli, ["stats", str(mnist_npz), "--scheduler", "not an address"])
+    assert r.exit_code == 2 and "tcp://host:8786" in r.output
+
+
+def test_local_n_starts_and_stops_its_own_cluster(mnist_npz, tmp_path):
+    mnist_npz = mnist_npz[0]
+    out = tmp_path / "m.h5"
+    r = CliRunner().invoke(cli, ["normalize", str(mnist_npz), "-o", str(out), "--scheduler", "local:2", "-q"])
+    assert r.exit_code == 0, r.output
+    x = np.load(mnist_npz)["x_train"]
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["train/x"][...][..., 0], (x.astype(np.float32) / 255))
