@@ -16,26 +16,6 @@ import os
 import sys
 
 
-def tune_malloc() -> bool:
-    """Keep freed batch buffers in the heap for the next batch (glibc only).
-
-    By default glibc maps each block above 128 KiB afresh and unmaps it when
-    freed (the threshold adapts, but heap tops above 2x it are trimmed), so
-    batch after batch of 1-4 MiB buffers page-faults every page again; on a
-    virtual machine a first touch costs a few microseconds. On the MNIST run
-    this cut page faults in the statistics pass from ~7,000 to ~1,600. Returns
-    whether the settings were taken.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 64 << 20) and libc.mallopt(m_trim_threshold, 256 << 20))
-    except (OSError, AttributeError):  # not glibc: leave the allocator alone
-        return False
-
-
 def open_closed_std_fds() -> set[int]:
     """Point standard descriptors that were closed at start (``2>&-``) to /dev/null.
 
@@ -110,6 +90,8 @@ def main() -> None:
     if "OPENBLAS_NUM_THREADS" not in os.environ:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         os.environ["IMGNORM_BLAS_ONE_THREAD"] = "1"  # ours, not the user's: whitening may raise it
+    from .workers import tune_malloc
+
     tune_malloc()
     closed = open_closed_std_fds()
     try:

@@ -19,12 +19,6 @@ from . import __version__
 from .errors import ImgnormError, OptionError, printable
 
 
-def _on_sigterm(signum, frame):
-    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so that
-    # temporary outputs are removed on the way out.
-    raise SystemExit(128 + signum)
-
-
 class UsageProblem(click.ClickException):
     """Wrong usage found by the library (an option's value, an output path):
     one line, exit code 2, like Click's own usage errors."""
@@ -252,8 +246,13 @@ def cli(debug):
       imgnorm standardize mnist.npz -o mnist.h5 --per-channel
       imgnorm inspect mnist.h5
     """
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_sigterm)
+    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so that
+    # temporary outputs are removed on the way out; none of them lands in
+    # the middle of a fork or of making a temporary file (see interrupts.py).
+    from .interrupts import on_signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, on_signal)
 
 
 @cli.command(short_help="Count, min, max, mean, std and exact percentiles, global and per channel.")

@@ -41,8 +41,8 @@ WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 def _prepare_worker() -> None:
     """Run once in every worker: the allocator settings of imgnorm's own process (see
-    :func:`imgnorm.__main__.tune_malloc`: batch buffers reused, not page-faulted afresh)."""
-    from .__main__ import tune_malloc
+    :func:`imgnorm.workers.tune_malloc`: batch buffers reused, not page-faulted afresh)."""
+    from .workers import tune_malloc
 
     tune_malloc()
 

@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import OptionError, OutputError, show_path
+from .interrupts import held
 
 TMP_SUFFIX = ".imgnorm-tmp"
 
@@ -106,7 +107,10 @@ class OutputSet:
                 raise OptionError(f"cannot create a file in {show_path(folder)} (Permission denied); choose a "
                                   "folder you can write to", option=option)
         elif not out.stream:
-            out.tmp, out._fd = self._make_temp(out.target, option)
+            with held():  # made and recorded as one step: a signal between them would leave it behind
+                out.tmp, out._fd = self._make_temp(out.target, option)
+                self.outputs.append(out)
+            return out
         self.outputs.append(out)
         return out
 
@@ -169,8 +173,9 @@ class OutputSet:
 
     def scratch(self, beside: Output) -> str:
         """A temporary file beside ``beside`` for the run's own use, removed at the end."""
-        tmp, fd = self._make_temp(beside.target, beside.option, ".cache")
-        self._scratch.append((tmp, fd))
+        with held():
+            tmp, fd = self._make_temp(beside.target, beside.option, ".cache")
+            self._scratch.append((tmp, fd))
         return tmp
 
     def reserve(self, sizes: dict[str, int]) -> None:

@@ -277,22 +277,25 @@ def read_attributes(path: str) -> dict:
     import pickle
     import resource
 
+    from .interrupts import held
+
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the reader
-        code = 0
-        try:
-            os.close(r)
-            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-            cap = _vm_size() + ATTR_READER_MEMORY
-            resource.setrlimit(resource.RLIMIT_AS, (cap if hard < 0 else min(cap, hard), hard))
-            out = _read_attributes_here(path)
-            with os.fdopen(w, "wb") as pipe:
-                pickle.dump(out, pipe)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
+    with held():  # not inside fork's at-fork callbacks; the child never leaves (os._exit)
+        pid = os.fork()
+        if pid == 0:  # the reader
+            code = 0
+            try:
+                os.close(r)
+                soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+                cap = _vm_size() + ATTR_READER_MEMORY
+                resource.setrlimit(resource.RLIMIT_AS, (cap if hard < 0 else min(cap, hard), hard))
+                out = _read_attributes_here(path)
+                with os.fdopen(w, "wb") as pipe:
+                    pickle.dump(out, pipe)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         data = pipe.read()

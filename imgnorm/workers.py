@@ -28,6 +28,7 @@ from multiprocessing.connection import Pipe
 from typing import Callable, Iterable, Iterator
 
 from .errors import ImgnormError, ImgnormWarning
+from .interrupts import held
 
 
 def default_workers() -> int:
@@ -149,26 +150,16 @@ class _Pool:
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 0
-            try:
-                gc.freeze()  # the parent's objects are never finalized here (they may own closed fds)
-                _die_with_parent(parent)
-                keep = theirs.fileno()
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                os.closerange(3, keep)
-                os.closerange(keep + 1, 1 << 20)
-                _worker_main(source, theirs)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
+        # Held: a signal now would land in fork's at-fork callbacks, where Python
+        # ignores the exception; the child never leaves the block (it ends in
+        # os._exit), so one that reaches it before its handlers are reset waits for ever.
+        with held():
+            pid = os.fork()
+            if pid == 0:
+                _child(source, theirs, parent)  # does not return
+            self.conns.append(mine)
+            self.pids.append(pid)
         theirs.close()
-        self.conns.append(mine)
-        self.pids.append(pid)
 
     def imap(self, fn, tasks: list) -> Iterator:
         n = len(self.conns)
@@ -218,6 +209,25 @@ class _Pool:
         for c in self.conns:
             c.close()
         self.pids, self.conns = [], []
+
+
+def _child(source, conn, parent: int) -> None:
+    """A worker's life, from the fork to ``os._exit``: never back into the parent's code."""
+    code = 0
+    try:
+        gc.freeze()  # the parent's objects are never finalized here (they may own closed fds)
+        _die_with_parent(parent)
+        keep = conn.fileno()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        _worker_main(source, conn)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _worker_main(source, conn) -> None:
@@ -357,6 +367,29 @@ def progress(total: int, desc: str, show: bool | str):
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------ the process's settings
+
+
+def tune_malloc() -> bool:
+    """Keep freed batch buffers in the heap for the next batch (glibc only).
+
+    By default glibc maps each block above 128 KiB afresh and unmaps it when
+    freed (the threshold adapts, but heap tops above 2x it are trimmed), so
+    batch after batch of 1-4 MiB buffers page-faults every page again; on a
+    virtual machine a first touch costs a few microseconds. On the MNIST run
+    this cut page faults in the statistics pass from ~7,000 to ~1,600. Returns
+    whether the settings were taken.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 64 << 20) and libc.mallopt(m_trim_threshold, 256 << 20))
+    except (OSError, AttributeError):  # not glibc: leave the allocator alone
+        return False
 
 
 # ------------------------------------------------------------ BLAS threads

@@ -123,7 +123,7 @@ def test_malloc_tuning_keeps_batch_buffers_from_faulting_again():
         __import__("pytest").skip("glibc only")
     code = """
 import sys, resource, numpy as np
-import imgnorm.__main__ as m
+import imgnorm.workers as m
 tuned = m.tune_malloc() if sys.argv[1] == "1" else None
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 keep = []

@@ -239,3 +239,36 @@ def test_a_worker_busy_in_a_task_dies_with_its_parent(folder, tmp_path):
     while any(alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(alive(k) for k in kids)
+
+
+def test_a_signal_inside_a_held_block_waits_for_its_end():
+    """SIGTERM during a fork's at-fork callbacks or between making a temporary and
+    recording it would be ignored or leave the file: such steps run held()."""
+    from imgnorm.interrupts import held, on_signal
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        reached = []
+        with pytest.raises(SystemExit) as e:
+            with held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)  # the handler has run by now, and raised nothing
+                reached.append("end of block")
+        assert reached == ["end of block"] and e.value.code == 128 + signal.SIGTERM
+        with pytest.raises(SystemExit):  # outside a held block it ends the run at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_as_the_workers_start_leaves_nothing(folder, world_tmp, sig):
+    """Killed just as its workers fork (the at-fork window) and as the pixel cache
+    is made: exit 128 + N, no output, no temporary, every time."""
+    for _ in range(5):
+        proc = subprocess.Popen(imgnorm_cmd("standardize", folder, "--size", "64x64", "-o", world_tmp / "o.h5",
+                                            "--workers", "2", "-q"))
+        workers_of(proc, want=1)
+        os.kill(proc.pid, sig)
+        proc.wait(30)
+        assert (proc.returncode, sorted(os.listdir(world_tmp))) == (128 + sig, ["src"])
