@@ -9,7 +9,7 @@ PHOTOS ?= ../shared/data/photos
 .PHONY: demo test bench clean
 
 # Every optional extra is installed here, so the tests cover all of them.
-EXTRAS := test,plot,16bit,dask
+EXTRAS := test,plot,16bit,dask,zarr
 
 # Re-install when the metadata or the C kernel changes (an editable install
 # does not rebuild the extension by itself).

@@ -141,7 +141,7 @@ def main():
     ap.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "photos"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--copies", type=int, default=10, help="photo copies in the 1x folder")
-    ap.add_argument("--only", default="mnist,stats,percentiles,resize,memory,whiten")
+    ap.add_argument("--only", default="mnist,stats,percentiles,resize,memory,whiten,dask")
     ap.add_argument("--workdir", default=os.path.join(ROOT, ".bench"))
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -219,6 +219,21 @@ def main():
                          f"{h5_max_diff(o('w.h5'), o('w32.h5')) / h5_max_abs(o('w.h5')):.2g}")
         out = subprocess.run([PY, f"{HERE}/whiten_error.py", mnist], capture_output=True, text=True, check=True)
         notes.append(f"whiten MNIST: {out.stdout.strip()}")
+    if "dask" in only:
+        for scale, folder in (("1x", photos1), ("10x", photos10)):
+            for cmd in (["stats", "--json", "-q"], ["standardize", "--size", "64x64", "-q", "-o", o("d.h5")]):
+                args = [cmd[0], folder] + cmd[1:]
+                runs = {f"imgnorm {cmd[0]} {scale}, built-in pool, {workers} proc": (IMGNORM + args, [o("d.h5")])}
+                for n in ("1", workers):
+                    runs[f"imgnorm {cmd[0]} {scale} --scheduler local:{n}"] = (
+                        IMGNORM + args + ["--scheduler", f"local:{n}"], [o("d.h5")])
+                res = run_case("dask", runs, max(1, a.rounds // 2))
+                results += res["rows"]
+                t = {r["run"].rsplit(" ", 1)[-1]: r["time_s"] for r in res["rows"]}
+                notes.append(f"dask {cmd[0]} {scale}: speed-up from local:1 to local:{workers}: "
+                             f"{t['local:1'] / t[f'local:{workers}']:.2f}x")
+        if os.path.exists(o("d.h5")):
+            os.remove(o("d.h5"))
     if "resize" in only:
         res = run_case("resize", {
             "imgnorm standardize --size 224x224": (

@@ -297,7 +297,8 @@ def _report_skipped(src, doc: dict):
 
 
 write_options = _options(
-    click.option("-o", "--output", metavar="OUT.h5", required=True, help="The HDF5 file to write."),
+    click.option("-o", "--output", metavar="OUT.h5", required=True,
+                 help="The HDF5 file to write; a name ending in .zarr writes a Zarr v3 store (imgnorm[zarr])."),
     click.option("--per-channel", is_flag=True, help="Per-channel statistics instead of global ones."),
     click.option("--per-image", is_flag=True,
                  help="Sample-wise: each image uses its own statistics (default: feature-wise, the fit split's "
@@ -443,6 +444,7 @@ def standardize(source, clip_rescale, epsilon, robust, **opts):
     Examples:
       imgnorm standardize mnist.npz -o mnist.h5
       imgnorm standardize data/photos --size 224x224 --per-channel -o photos.h5
+      imgnorm standardize data/photos --size 224x224 -o photos.zarr
       imgnorm standardize new_images/ --size 224x224 --stats train-stats.json -o new.h5
       imgnorm standardize data/photos --size 224 --resize-mode crop --stats imagenet -o photos.h5
       imgnorm standardize data/photos --size 224 --mean 0.5 --std 0.5 -o photos.h5
@@ -530,7 +532,7 @@ def whiten(source, zca, epsilon, keras, standardize, components, unit, precision
         emit(f"wrote {result['output']}: {rows} images ({result['options']['method']} whitening)", err=True)
 
 
-@cli.command(short_help="Describe an imgnorm HDF5 file, a stats document or a source.")
+@cli.command(short_help="Describe an imgnorm HDF5 file or Zarr store, a stats document or a source.")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--plot", metavar="FILE.png", help="Draw histograms of the stored values per split (HDF5 only).")
@@ -538,16 +540,19 @@ def whiten(source, zca, epsilon, keras, standardize, components, unit, precision
               help="For sources: how images would be read.")
 @click.option("--label", type=click.Choice(["fine", "coarse"]), default=None,
               help="CIFAR-100: count its fine (default) or coarse classes.")
+@click.option("--check", is_flag=True,
+              help="Fail (exit 1) if a written output is incomplete (a Zarr store missing a chunk).")
 @click.option("--force", is_flag=True, help="Replace FILE.png if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @translate_errors
-def inspect(path, as_json, plot, color, label, force, quiet):
-    """Describe an imgnorm HDF5 file, a stats document or a source.
+def inspect(path, as_json, plot, color, label, check, force, quiet):
+    """Describe an imgnorm HDF5 file or Zarr store, a stats document or a source.
 
     \b
     Examples:
       imgnorm inspect photos.h5
       imgnorm inspect photos.h5 --plot hist.png
+      imgnorm inspect photos.zarr --check
       imgnorm inspect stats.json
       imgnorm inspect data/photos --json
       imgnorm inspect cifar-100-python --label coarse
@@ -555,7 +560,8 @@ def inspect(path, as_json, plot, color, label, force, quiet):
     from .describe import inspect_path
     from .stats import document_json
 
-    text, doc = inspect_path(path, color=color, label=label, plot=plot, force=force, show_progress=not quiet)
+    text, doc = inspect_path(path, color=color, label=label, plot=plot, force=force, show_progress=not quiet,
+                             check=check)
     emit(document_json(doc) if as_json else text, committed=plot is not None)
 
 

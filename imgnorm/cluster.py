@@ -95,6 +95,7 @@ class DaskExecutor:
     """
 
     parallel = True
+    writes_in_place = True  # a Zarr output's chunks are written by the workers, not sent here
     chunk = 64  # images per decoding task at least: a Dask task costs ms to schedule, a pool task far less
 
     def __init__(self, source, scheduler: str, *, show: bool = False):

@@ -18,16 +18,22 @@ PLOT_BINS = 120
 
 
 def inspect_path(path: str, *, color: str | None = None, plot: str | None = None, force: bool = False,
-                 show_progress: bool = False, label: str | None = None) -> tuple[str, dict]:
-    """Describe ``path``: an imgnorm HDF5 file, a stats document or a source.
+                 show_progress: bool = False, label: str | None = None, check: bool = False) -> tuple[str, dict]:
+    """Describe ``path``: an imgnorm HDF5 file or Zarr store, a stats document or a source.
 
     Returns the text for a person and the same facts as a JSON-able dict;
-    with ``plot``, also draws histograms of an HDF5 file's stored values there.
+    with ``plot``, also draws histograms of an output's stored values there.
+    With ``check``, an output that misses data (a Zarr store's chunk) is a
+    :class:`SourceError` listing what is missing.
     """
     from . import report
+    from .zarr_store import is_zarr
 
     lower = path.lower()
-    kind = "hdf5" if lower.endswith(HDF5_EXTENSIONS) else "stats" if lower.endswith(".json") else "source"
+    kind = "hdf5" if lower.endswith(HDF5_EXTENSIONS) or is_zarr(path) or os.path.isfile(
+        os.path.join(path, "zarr.json")) else "stats" if lower.endswith(".json") else "source"
+    if check and kind != "hdf5":
+        raise OptionError("--check verifies a written HDF5 file or Zarr store", option="--check")
     if plot is not None and kind == "source":
         raise OptionError("--plot draws the values of an HDF5 file or the histograms of a stats document",
                           option="--plot")
@@ -40,6 +46,8 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
         if kind == "hdf5":
             facts = describe_h5(path, show_progress=show_progress)
             text = report.format_h5(facts)
+            if check and facts["missing"]:
+                raise SourceError(f"{printable(path)} is incomplete: {'; '.join(facts['missing'])}; write it again")
             if plot_out is not None:
                 from .pipeline import stored_histograms
                 hist = stored_histograms(facts, PLOT_BINS, show_progress=show_progress)
@@ -66,11 +74,12 @@ def describe_h5(path: str, *, show_progress: bool = False) -> dict:
     """What :func:`imgnorm.store.read_h5_info` says, plus the statistics of the
     stored values per split (``check``), recomputed by streaming."""
     from .pipeline import stored_stats
-    from .store import read_h5_info
+    from .store import check_output, read_output_info
 
-    info = read_h5_info(path)
+    info = read_output_info(path)
+    info["missing"] = check_output(info["path"])
     info["check"] = stored_stats(info, show_progress=show_progress)
-    if info["attrs"].get("method") == "whiten":
+    if info["attrs"].get("method") == "whiten" and info.get("format") != "zarr":
         info["whitening"] = _whitening_facts(path)
     return info
 

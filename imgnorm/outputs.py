@@ -12,7 +12,11 @@ files beside their targets, and committed together at the end or not at all.
   same target removes the temporaries whose owner is gone (killed with
   SIGKILL, or a lost machine), and no other.
 - The disk space of every temporary file is reserved up front, so a full disk
-  fails before the work, not after it.
+  fails before the work, not after it (a directory output, a Zarr store: the
+  free space is checked instead).
+- A directory output (a Zarr store) is built in a temporary directory and
+  renamed into place the same way; with ``force`` it replaces only a directory
+  that is a Zarr store (an atomic exchange), never any other folder.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class Output:
     target: str
     stream: bool = False
     seekable: bool = False
+    directory: bool = False
     tmp: str | None = None
     content: bytes | None = None
     _fd: int | None = field(default=None, repr=False)
@@ -79,10 +84,12 @@ class OutputSet:
 
     # ------------------------------------------------------------ planning
 
-    def add(self, path: str | os.PathLike, option: str, *, seekable: bool = False, what: str = "") -> Output:
+    def add(self, path: str | os.PathLike, option: str, *, seekable: bool = False, directory: bool = False,
+            what: str = "") -> Output:
         """Check ``path`` as a target for ``option`` and make its temporary file.
 
-        ``seekable`` outputs (HDF5) need a regular file; others (documents,
+        ``seekable`` outputs (HDF5) need a regular file; ``directory`` ones (a
+        Zarr store) a folder, made as a temporary directory; others (documents,
         pictures) can also be written into a device, a FIFO or standard
         output (``-``). Raises :class:`OptionError` (a usage error, exit 2)
         when the path cannot or must not be written; nothing is left behind.
@@ -96,7 +103,11 @@ class OutputSet:
             if here is not None and identity == (here.st_dev, here.st_ino):
                 raise OptionError(f"{show_path(path)} is the run's own input ({source}); write to another file",
                                   option=option)
-        out = self._resolve(path, option, seekable, what or "this output")
+        if directory:
+            path = path.rstrip(os.sep) or path
+            out = self._resolve_directory(path, option, what or "this output")
+        else:
+            out = self._resolve(path, option, seekable, what or "this output")
         for other in self.outputs:
             if other._identity == out._identity:
                 raise OptionError(f"{other.option} and {option} both name {show_path(path)}; give each output "
@@ -108,7 +119,7 @@ class OutputSet:
                                   "folder you can write to", option=option)
         elif not out.stream:
             with held():  # made and recorded as one step: a signal between them would leave it behind
-                out.tmp, out._fd = self._make_temp(out.target, option)
+                out.tmp, out._fd = self._make_temp(out.target, option, directory=out.directory)
                 self.outputs.append(out)
             return out
         self.outputs.append(out)
@@ -148,15 +159,49 @@ class OutputSet:
             raise OptionError(f"{show_path(path)} exists; pass --force to replace it", option=option)
         return Output(path, option, os.path.realpath(path), seekable=seekable, _identity=(st.st_dev, st.st_ino))
 
-    def _make_temp(self, target: str, option: str, kind: str = "") -> tuple[str, int]:
-        """A new temporary file beside ``target``, held under our lock."""
+    def _resolve_directory(self, path: str, option: str, what: str) -> Output:
+        """A directory output (a Zarr store): absent, or with ``force`` a Zarr store to replace."""
+        if path in ("", "-"):
+            raise OptionError(f"{what} is a folder; give a name such as out.zarr", option=option)
+        if os.path.basename(path) in (".", ".."):
+            raise OptionError(f"{show_path(path)} names a folder that is not the output's; give a new name",
+                              option=option)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise OptionError(f"{show_path(path)}: cannot check it ({e.strerror})", option=option) from None
+        target = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+        if st is None:
+            folder = os.path.dirname(target)
+            if not os.path.isdir(folder):
+                raise OptionError(f"{show_path(path)}: folder {show_path(folder)} does not exist; create it first",
+                                  option=option)
+            return Output(path, option, target, seekable=True, directory=True, _identity=("new", target))
+        if not stat.S_ISDIR(st.st_mode):
+            raise OptionError(f"{show_path(path)} is {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'}"
+                              f", not a Zarr store; {what} is a folder: give another name", option=option)
+        if not self.force:
+            raise OptionError(f"{show_path(path)} exists; pass --force to replace it", option=option)
+        if not os.path.isfile(os.path.join(path, "zarr.json")):
+            raise OptionError(f"{show_path(path)} is a folder that is not a Zarr store (no zarr.json); imgnorm "
+                              "replaces only a Zarr store, even with --force: give another name", option=option)
+        return Output(path, option, target, seekable=True, directory=True, _identity=(st.st_dev, st.st_ino))
+
+    def _make_temp(self, target: str, option: str, kind: str = "", directory: bool = False) -> tuple[str, int]:
+        """A new temporary file (or directory) beside ``target``, held under our lock."""
         folder, base = os.path.split(target)
         remove_stale(folder, base)
         pid = os.getpid()
         for _ in range(100):
             tmp = os.path.join(folder, f".{base}.{pid}.{secrets.token_hex(4)}{kind}{TMP_SUFFIX}")
             try:
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                if directory:
+                    os.mkdir(tmp, 0o700)
+                    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                else:
+                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 break
             except FileExistsError:
                 continue
@@ -194,7 +239,8 @@ class OutputSet:
                 done.append(path)
         except OSError as e:
             for path in done:
-                os.truncate(path, 0)
+                if os.path.isfile(path):
+                    os.truncate(path, 0)
             first = next(iter(sizes))
             free = shutil.disk_usage(os.path.dirname(first)).free
             if e.errno in (errno.ENOSPC, errno.EFBIG):
@@ -252,7 +298,10 @@ class OutputSet:
     def _rename_into_place(self, out: Output) -> str | None:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(out._fd, 0o666 & ~umask)  # temporaries are made 0600; outputs get the usual permissions
+        # temporaries are made 0600 (0700); outputs get the usual permissions
+        os.fchmod(out._fd, (0o777 if out.directory else 0o666) & ~umask)
+        if out.directory:
+            return self._move_directory_into_place(out)
         if not self.force:
             try:
                 _rename_noreplace(out.tmp, out.target)
@@ -285,6 +334,36 @@ class OutputSet:
             raise _write_error(out, e) from None
         out.tmp = None
         return backup
+
+    def _move_directory_into_place(self, out: Output) -> str | None:
+        """A directory output: renamed to a name that is free, or with ``force``
+        exchanged atomically with the Zarr store there (kept as the backup)."""
+        try:
+            st = os.lstat(out.target)
+        except FileNotFoundError:
+            st = None
+        if st is not None and self.force:
+            if not stat.S_ISDIR(st.st_mode) or not os.path.isfile(os.path.join(out.target, "zarr.json")):
+                raise OutputError(f"{show_path(out.path)} became {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'}"
+                                  " that is not a Zarr store while imgnorm was running; it was not replaced; "
+                                  "nothing was written")
+            backup = out.tmp[:-len(TMP_SUFFIX)] + ".old" + TMP_SUFFIX
+            try:
+                _exchange(out.tmp, out.target)
+                os.rename(out.tmp, backup)  # the old store, removed once every output is in place
+            except OSError as e:
+                raise _write_error(out, e) from None
+            out.tmp = None
+            return backup
+        try:
+            _rename_noreplace(out.tmp, out.target, directory=True)
+        except FileExistsError:
+            raise OutputError(f"{show_path(out.path)} appeared while imgnorm was running; it was not "
+                              "replaced (pass --force to replace it); nothing was written") from None
+        except OSError as e:
+            raise _write_error(out, e) from None
+        out.tmp = None
+        return None
 
     def _write_stream(self, out: Output) -> None:
         data = out.content or b""
@@ -384,25 +463,33 @@ def _pid_gone(pid: int) -> bool:
 
 
 def _unlink(path: str) -> bool:
+    """Remove a file, a symlink, or a directory tree (a temporary Zarr store)."""
     try:
         os.unlink(path)
         return True
     except FileNotFoundError:
         return False
+    except IsADirectoryError:
+        shutil.rmtree(path, ignore_errors=True)
+        return not os.path.lexists(path)
 
 
 def _take_back(out: Output, backup: str | None) -> None:
     """Undo a rename into place: the replaced file comes back, or the new one goes."""
     try:
-        if backup:
+        if backup and out.directory:
+            _exchange(backup, out.target)  # the old store back; the new one (now the backup's name) goes
+            _unlink(backup)
+        elif backup:
             os.replace(backup, out.target)
         else:
-            os.unlink(out.target)
+            _unlink(out.target)
     except OSError:
         pass
 
 
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _renameat2 = _libc.renameat2
@@ -411,7 +498,14 @@ except (OSError, AttributeError):  # not glibc 2.28+: hard links instead
     _renameat2 = None
 
 
-def _rename_noreplace(src: str, dst: str) -> None:
+def _exchange(a: str, b: str) -> None:
+    """Swap two paths atomically (``renameat2(RENAME_EXCHANGE)``)."""
+    if _renameat2 is None or _renameat2(-100, os.fsencode(a), -100, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno() if _renameat2 is not None else errno.ENOSYS
+        raise OSError(err, f"cannot exchange the new store with the old one ({os.strerror(err)})", b)
+
+
+def _rename_noreplace(src: str, dst: str, directory: bool = False) -> None:
     """Rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError), atomically."""
     if _renameat2 is not None:
         at_fdcwd = -100
@@ -420,6 +514,11 @@ def _rename_noreplace(src: str, dst: str) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot: fall back
             raise OSError(err, os.strerror(err), dst)
+    if directory:  # no hard links to directories: check, then rename (rename() would replace an empty one)
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", dst)
+        os.rename(src, dst)
+        return
     try:
         os.link(src, dst)  # fails if dst exists
     except OSError as e:
@@ -466,6 +565,12 @@ def reserve(path: str, nbytes: int) -> None:
     exit once a write has failed with dirty chunks in its cache. A failed
     reservation gives back what it took, and says what is free.
     """
+    if os.path.isdir(path):  # a directory output: no blocks to reserve, the free space is checked
+        free = shutil.disk_usage(path).free
+        if free < nbytes:
+            raise OSError(errno.ENOSPC, f"not enough disk space: the output needs up to {_human(nbytes)}, "
+                                        f"{_human(free)} free")
+        return
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         os.posix_fallocate(fd, 0, nbytes)

@@ -25,6 +25,7 @@ from .outputs import OutputSet, describe_os_error
 from .sources import Batch, Source, Split
 from .stats import RunningStats, document_bytes, stats_document
 from .transforms import LAYOUTS, COMPRESSIONS, Scaler, check_writable_dtype, need_max_value
+from .zarr_store import is_zarr, need_zarr
 from .workers import LocalExecutor, ahead, progress
 
 DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
@@ -456,8 +457,15 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         read; ``applied``, the document applied; ``warnings``; ``skipped`` images.
     """
     scaler = scaler if isinstance(scaler, Scaler) else Scaler(scaler)
+    zarr_out = is_zarr(output)
+    if zarr_out:
+        need_zarr()  # before anything is made: a missing extra is a usage error
+        if compression == "lzf":
+            raise OptionError("lzf is an HDF5 filter; a Zarr store takes --compression gzip or none",
+                              option="--compression")
     with OutputSet(force, inputs={"SOURCE": source.path, **(inputs or {})}, dry_run=dry_run) as outputs:
-        out = outputs.add(output, "-o", seekable=True, what="HDF5 output")
+        out = outputs.add(output, "-o", seekable=True, directory=zarr_out,
+                          what="the Zarr store" if zarr_out else "HDF5 output")
         doc_out = outputs.add(stats_out, "--stats-out", what="the stats document") if stats_out is not None else None
         plan = plan_write(source, scaler, splits=splits, fit_split=fit_split, dtype=dtype, layout=layout,
                           compression=compression, batch_size=batch_size, on_error=on_error,
@@ -474,7 +482,7 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         if doc_out is not None:
             outputs.set_content(doc_out, document_bytes(result["stats"]))
         outputs.commit()
-    result.update(output=output, stats_out=stats_out, bytes=os.path.getsize(out.target),
+    result.update(output=output, stats_out=stats_out, bytes=_size_of(out.target),
                   shapes={n: s["shape"] for n, s in plan.summary()["splits"].items()})
     for name, rows in result["rows"].items():  # fewer rows than planned when images were skipped
         result["shapes"][name][0] = rows
@@ -492,22 +500,40 @@ def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, sho
         outputs.reserve({out.tmp: plan.bound, **({cache.path: plan.cache_bytes} if cache.path else {})})
         # h5py's import (~25 ms, most of it Python) runs beside the fit pass, which
         # spends its time in ISA-L and the C kernel; the workers have forked already.
-        threading.Thread(target=importlib.import_module, args=(f"{__package__}.store",), daemon=True,
+        threading.Thread(target=importlib.import_module,
+                         args=(f"{__package__}.{'zarr_store' if out.directory else 'store'}",), daemon=True,
                          name="imgnorm-import").start()
         state = _WriteState([])
         if plan.fit:
             state.results[plan.fit_split] = fit_pass(plan, scaler, ex, cache, state.skipped, show_progress)
             if plan.dtype == np.float16:
                 scaler.check_float16(plan.source.dtype)
-        from .store import H5Writer  # imports h5py (or waits for the thread above)
-
-        with H5Writer(out.tmp, dtype=plan.dtype, layout=plan.layout, compression=plan.compression,
-                      reserve_bytes=plan.bound) as writer:
+        with open_writer(plan, out.tmp, out.directory) as writer:
             for name in plan.names:
                 _write_split(plan, scaler, ex, writer, name, cache, state, show_progress)
             if sum(state.rows.values()) == 0:
                 raise SourceError(f"{printable(plan.source.path)}: no image could be read; nothing was written")
             return _finish(plan, scaler, writer, state)
+
+
+def _size_of(path: str) -> int:
+    """Bytes of a file, or of every file in a directory (a Zarr store)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def open_writer(plan: WritePlan, path: str, directory: bool):
+    """The writer of the output's format: :class:`imgnorm.zarr_store.ZarrWriter`
+    for a directory (a Zarr store), else :class:`imgnorm.store.H5Writer`."""
+    if directory:
+        from .zarr_store import ZarrWriter
+
+        return ZarrWriter(path, dtype=plan.dtype, layout=plan.layout, compression=plan.compression)
+    from .store import H5Writer  # imports h5py (or waits for the import thread)
+
+    return H5Writer(path, dtype=plan.dtype, layout=plan.layout, compression=plan.compression,
+                    reserve_bytes=plan.bound)
 
 
 @dataclass
@@ -586,6 +612,65 @@ def cache_task(source: Source, shard: Shard, path: str, shape: tuple, on_error: 
     return rs, batch.skipped, rows
 
 
+def write_task(source: Source, shard: Shard, *, scaler: Scaler, store: str, shape: tuple, dtype: str,
+               layout: str, with_stats: bool = False, cache: str | None = None):
+    """Read, scale and write the rows of a shard straight into the Zarr store
+    ``store`` (its ``<split>/x``), from the process that read them.
+
+    The shard covers whole chunks of the array, so tasks never share a chunk
+    and need no lock. ``cache``: the raw pixel cache holding the split's
+    decoded rows (the fit split), read instead of decoding again.
+    Returns ``(stats or None, images with a zero spread)``.
+    """
+    from .zarr_store import open_array
+
+    if cache is not None:
+        x = read_cache_rows(cache, shape, source.dtype, shard.start, shard.stop)
+        rs = None
+    else:
+        batch, rs = read_task(source, shard, "fail", with_stats)
+        x = _as_array(batch, shape)
+    y, flat = scaler.transform_batch(x, dtype)
+    if layout == "nchw" and y.ndim == 4:
+        y = y.transpose(0, 3, 1, 2)
+    open_array(store, f"{shard.split}/x")[shard.start:shard.stop] = y
+    return rs, flat
+
+
+def read_cache_rows(path: str, shape: tuple, dtype, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a raw pixel cache (every row present: nothing was skipped)."""
+    x = np.empty((stop - start,) + tuple(shape), dtype)
+    view = memoryview(x.reshape(-1).view(np.uint8))
+    with open(path, "rb", buffering=0) as f:
+        if os.preadv(f.fileno(), [view], start * int(np.prod(shape)) * x.dtype.itemsize) != len(view):
+            raise SourceError(f"{printable(path)}: the pixel cache was cut short; run again")
+    return x
+
+
+def _write_split_in_place(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: "PixelCache",
+                          state: _WriteState, show_progress: bool) -> None:
+    """Write one split of a Zarr store on the executor's workers: each task writes
+    whole chunks of ``x`` itself; labels and file names are written here."""
+    source, split, shape = plan.source, plan.source.splits[name], plan.shapes[name]
+    fresh = name not in state.results
+    rs = RunningStats(source.channels, source.dtype) if fresh else state.results[name]
+    chunk = writer.chunk_rows(name)
+    step = max(1, round(_chunk(ex) / chunk)) * chunk
+    tasks = [Shard(name, a, min(a + step, len(split))) for a in range(0, len(split), step)]
+    fn = partial(write_task, scaler=scaler, store=writer.path, shape=shape, dtype=plan.dtype.name,
+                 layout=plan.layout, with_stats=fresh, cache=cache.path if cache.holds(name) else None)
+    with progress(len(split), f"write {name}", show_progress) as bar:
+        for task, (part, flat) in zip(tasks, ex.map(fn, tasks)):
+            if fresh:
+                rs.merge(part)
+            state.n_flat += flat
+            bar.update(task.stop - task.start)
+    stored = source.stored_name
+    state.rows[name] = writer.finish_in_place(name, len(split), split.labels,
+                                              [stored(f) for f in split.files] if split.files is not None else None)
+    state.results[name] = rs
+
+
 def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: "PixelCache",
                  state: _WriteState, show_progress: bool) -> None:
     """Scale and write one split, computing its statistics on the way if it was not fitted on."""
@@ -594,6 +679,10 @@ def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: 
     writer.create_split(name, len(split), scaler.output_shape(shape),
                         labels_dtype=split.labels.dtype if split.labels is not None else None,
                         files=[stored(f) for f in split.files] if split.files is not None else None)
+    if getattr(ex, "writes_in_place", False) and hasattr(writer, "finish_in_place") and plan.on_error == "fail":
+        # On a cluster the workers write the store's chunks; with --on-error skip
+        # the rows are not known before reading, so the pixels come here instead.
+        return _write_split_in_place(plan, scaler, ex, writer, name, cache, state, show_progress)
     fresh = name not in state.results
     rs = RunningStats(source.channels, source.dtype) if fresh else state.results[name]
     per_batch = plan.rows(name)

@@ -112,7 +112,7 @@ def format_h5(info: dict) -> str:
     """The text of ``imgnorm inspect`` for an HDF5 file (facts from :func:`imgnorm.describe.describe_h5`)."""
     path, attrs, checks = info["path"], info["attrs"], info["check"]
     opts = attrs.get("options") or {}
-    lines = [f"file: {path}", f"written by imgnorm {attrs.get('imgnorm_version')} from {attrs.get('source')}",
+    lines = [f"{'store' if info.get('format') == 'zarr' else 'file'}: {path}", f"written by imgnorm {attrs.get('imgnorm_version')} from {attrs.get('source')}",
              f"method: {attrs.get('method')}  options: "
              + ", ".join(f"{k}={v}" for k, v in opts.items()
                          if v not in (None, False) and k not in ("offset", "scale", "clip_lo", "clip_hi"))]
@@ -136,6 +136,8 @@ def format_h5(info: dict) -> str:
         lines.append(f"classes ({len(attrs['class_names'])}): {', '.join(attrs['class_names'])}")
     if attrs.get("skipped"):
         lines.append(f"skipped images: {len(attrs['skipped'])}")
+    if info.get("missing"):
+        lines.append("INCOMPLETE: " + "; ".join(info["missing"]) + " (missing values read as NaN)")
     color = (attrs.get("stats") or {}).get("color", "keep")
     for name, s in info["splits"].items():
         lines += ["", f"/{name}/x  shape {tuple(s['shape'])}  {s['dtype']}  chunks {tuple(s['chunks'] or ())}  "

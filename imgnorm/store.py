@@ -144,8 +144,8 @@ class _Appender:
     fill a chunk wait in a one-chunk buffer.
     """
 
-    def __init__(self, d: h5py.Dataset, direct: bool):
-        self.d = d
+    def __init__(self, d, direct: bool):
+        self.d = d  # an h5py Dataset, or a zarr Array (no direct chunk writes)
         self.n = d.chunks[0]
         self.direct = direct
         self.row = 0  # rows handed to HDF5
@@ -171,7 +171,7 @@ class _Appender:
 
     def _write(self, chunk: np.ndarray) -> None:
         if self.row + len(chunk) > self.d.shape[0]:
-            self.d.resize(self.row + len(chunk), axis=0)
+            self._resize(self.row + len(chunk))
         if self.direct and len(chunk) == self.n:
             chunk = np.ascontiguousarray(chunk, dtype=self.d.dtype)
             self.d.id.write_direct_chunk((self.row,) + (0,) * (chunk.ndim - 1), chunk)
@@ -185,8 +185,14 @@ class _Appender:
             self._write(self.buf[:self.fill])
             self.fill = 0
         if self.d.shape[0] != self.row:
-            self.d.resize(self.row, axis=0)
+            self._resize(self.row)
         return self.row
+
+    def _resize(self, n: int) -> None:
+        if isinstance(self.d, h5py.Dataset):
+            self.d.resize(n, axis=0)
+        else:
+            self.d.resize((n,) + tuple(self.d.shape[1:]))
 
 
 def _files_dataset(g, n: int, names: list[str]):
@@ -398,8 +404,39 @@ def _split_info(path: str, name: str, g, layout: str) -> dict:
     return s
 
 
+def is_store_dir(path: str) -> bool:
+    """Whether ``path`` is a Zarr store (a folder named .zarr, or one holding zarr.json)."""
+    from .zarr_store import is_zarr
+
+    return os.path.isdir(path) and (is_zarr(path) or os.path.isfile(os.path.join(path, "zarr.json")))
+
+
+def read_output_info(path: str | os.PathLike) -> dict:
+    """:func:`read_h5_info` of an HDF5 file, or its equal for a Zarr store."""
+    path = os.fspath(path)
+    if is_store_dir(path):
+        from .zarr_store import read_zarr_info
+
+        return read_zarr_info(path)
+    return read_h5_info(path)
+
+
+def check_output(path: str) -> list[str]:
+    """What is missing from a written output (a Zarr store's chunks), one line each; empty when complete."""
+    if is_store_dir(path):
+        from .zarr_store import check_zarr
+
+        return check_zarr(path)
+    return []
+
+
 def iter_stored(path: str, split: str, batch_size: int = 256):
     """Yield ``/<split>/x`` in (n, ...) blocks, a few chunks at a time."""
+    if os.path.isdir(path):
+        from .zarr_store import iter_zarr
+
+        yield from iter_zarr(path, split, batch_size)
+        return
     with h5py.File(path, "r", locking=False) as f:
         x = f[split]["x"]
         step = max(batch_size, x.chunks[0] if x.chunks else 1)

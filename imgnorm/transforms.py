@@ -510,12 +510,12 @@ class Scaler:
 
     @classmethod
     def from_hdf5(cls, path: str) -> "Scaler":
-        """The Scaler an imgnorm HDF5 file was written with (its ``method``,
+        """The Scaler an imgnorm HDF5 file (or Zarr store) was written with (its ``method``,
         ``options`` and ``stats`` attributes): its :meth:`transform` gives new
         images exactly the values the file holds for its own."""
-        from .store import read_h5_info
+        from .store import read_output_info
 
-        attrs = read_h5_info(path)["attrs"]
+        attrs = read_output_info(path)["attrs"]
         opts = attrs.get("options") or {}
         params = {k: opts[k] for k in ("per_channel", "per_image", "minmax", "unit", "clip_rescale", "robust")
                   if isinstance(opts.get(k), bool)}

@@ -652,6 +652,10 @@ def whiten_to_hdf5(source, output: str, whitener: Whitener | None = None, *, fit
             raise OptionError("--fit applies a saved whitening; its options come from the file", option="--fit")
         whitener = Whitener.load(fit)
     whitener = whitener or Whitener()
+    from .zarr_store import is_zarr
+
+    if is_zarr(output):  # the /whitening group (matrix, eigenvectors) is laid out for HDF5 only
+        raise OptionError("whiten writes HDF5 only (its /whitening group); give -o a .h5 name", option="-o")
     inputs = {"SOURCE": source.path, **({"--fit": fit} if fit else {})}
     with OutputSet(force, inputs=inputs, dry_run=dry_run) as outputs:
         out = outputs.add(output, "-o", seekable=True, what="HDF5 output")

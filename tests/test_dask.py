@@ -7,6 +7,7 @@ cluster costs about a second); the killed-worker test starts its own.
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import signal
 
@@ -129,3 +130,57 @@ def test_local_n_starts_and_stops_its_own_cluster(mnist_npz, tmp_path):
     x = np.load(mnist_npz)["x_train"]
     with h5py.File(out) as f:
         np.testing.assert_array_equal(f["train/x"][...][..., 0], (x.astype(np.float32) / 255))
+
+
+def _zarr_equals_h5(store, h5):
+    zarr = pytest.importorskip("zarr")
+    z = zarr.open_group(str(store), mode="r")
+    with h5py.File(h5, "r") as f:
+        for split in f:
+            for key in ("x", "y"):
+                assert z[split][key][...].tobytes() == f[split][key][...].tobytes(), (split, key)
+        assert json.loads(f.attrs["stats"]) == z.attrs["stats"]
+
+
+@pytest.mark.parametrize("options", [{}, {"splits": ["val"]}, {"on_error": "skip"}])
+def test_workers_write_a_zarr_store_equal_to_the_one_process_hdf5(cluster, folder, tmp_path, monkeypatch, options):
+    pytest.importorskip("zarr")
+    if options.get("on_error") == "skip":  # a row that is not written: later rows move up
+        (folder / "train" / "a" / "010b.jpg").write_bytes(b"not a jpeg")
+    src = imgnorm.open_source(folder, size=(16, 16), on_error=options.get("on_error", "fail"))
+    transform_to_hdf5(src, str(tmp_path / "one.h5"), "standardize", workers=1, **options)
+    from imgnorm.zarr_store import ZarrWriter
+
+    wrote = []
+    real = ZarrWriter.finish_in_place
+
+    def in_place(self, name, *args):  # called here once the workers have written a split's x
+        wrote.append(name)
+        return real(self, name, *args)
+
+    monkeypatch.setattr(ZarrWriter, "finish_in_place", in_place)
+    monkeypatch.setattr(DaskExecutor, "chunk", 5)  # several tasks per split, each whole chunks
+    transform_to_hdf5(src, str(tmp_path / "d.zarr"), "standardize", executor=DaskExecutor(src, cluster), **options)
+    _zarr_equals_h5(tmp_path / "d.zarr", tmp_path / "one.h5")
+    if options.get("on_error") == "skip":
+        with h5py.File(tmp_path / "one.h5") as f:
+            assert f["train/x"].shape[0] == 30 and "010b.jpg" in f.attrs["skipped"]
+    assert bool(wrote) == (options.get("on_error") != "skip")  # --on-error skip: written here instead
+    assert sorted(os.listdir(tmp_path)) == ["d.zarr", "one.h5", "photos"]
+
+
+def test_a_worker_killed_while_writing_a_zarr_store_changes_nothing(tmp_path, rng, monkeypatch):
+    pytest.importorskip("zarr")
+    root = tmp_path / "p"
+    for i in range(60):
+        write_jpeg(root / ("a" if i % 2 else "b") / f"{i:03d}.jpg", rng, size=(64, 48))
+    src = imgnorm.open_source(root)
+    transform_to_hdf5(src, str(tmp_path / "one.h5"), "normalize", workers=1)
+    monkeypatch.setattr(DaskExecutor, "chunk", 2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=50) as c:
+        transform_to_hdf5(src, str(tmp_path / "k.zarr"), "normalize",
+                          executor=_KillingExecutor(src, c.scheduler_address))
+    _zarr_equals_h5(tmp_path / "k.zarr", tmp_path / "one.h5")
+    r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "k.zarr"), "--check", "-q"])
+    assert r.exit_code == 0, r.output

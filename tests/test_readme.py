@@ -1,6 +1,6 @@
 """Every Python block of README.md runs as written, in order, in a folder set up
 as the README's shell examples leave it (a photo folder, an MNIST-style .npz,
-photos.h5 written by the command line)."""
+photos.h5 and photos.zarr written by the command line)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def test_readme_python_blocks_run_as_written(tmp_path, rng):
              x_test=rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), y_test=rng.integers(0, 10, 30).astype(np.uint8))
     subprocess.run([sys.executable, "-m", "imgnorm", "standardize", "data/photos", "--size", "64x64", "--per-channel",
                     "-o", "photos.h5", "-q"], cwd=tmp_path, check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "imgnorm", "standardize", "data/photos", "--size", "64x64",
+                    "-o", "photos.zarr", "-q"], cwd=tmp_path, check=True, timeout=120)
     for i, block in enumerate(blocks):  # each on its own, as a reader would paste it
         out = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True,
                              timeout=120)
