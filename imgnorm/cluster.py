@@ -9,7 +9,7 @@ number of workers or tasks, and when a worker dies (Dask runs its tasks
 again elsewhere).
 
 What travels: the source's description once (file names, how to read
-them; scattered to every worker), a task's few numbers, and its result
+them; sent to the workers as a task's result), a task's few numbers, and its result
 (statistics: some KB; for the write commands, the pixels of the batch,
 which this process writes). Workers read the images themselves, so they
 need the same paths: a shared file system on a real cluster.
@@ -45,6 +45,11 @@ def _prepare_worker() -> None:
     from .workers import tune_malloc
 
     tune_malloc()
+
+
+def _given(value):
+    """A task whose result is its argument: how the source reaches the workers."""
+    return value
 
 
 class SchedulerError(ImgnormError):
@@ -146,7 +151,10 @@ class DaskExecutor:
             if link:
                 print(f"dask: {len(self.workers())} worker(s), dashboard {link}", file=sys.stderr, flush=True)
         self.client.run(_prepare_worker)
-        self._source = self.client.scatter(self.source, broadcast=True, hash=False)
+        # The source as a task's result, not scattered data: when the workers holding it
+        # die, the scheduler makes it again from the task (scattered data would be lost
+        # for good, and every task after it would fail).
+        self._source = self.client.submit(_given, self.source, pure=False)
         # About 32 tasks per worker and split, each of at least 64 images: the scheduler's
         # work (in this process, on the cores that decode) stays small, the last task short.
         images = max((len(s) for s in self.source.splits.values()), default=0)

@@ -53,11 +53,31 @@ class Output:
     target: str
     stream: bool = False
     seekable: bool = False
-    directory: bool = False
+    directory: str | None = None  # a folder output's kind (a key of FOLDERS)
     tmp: str | None = None
     content: bytes | None = None
     _fd: int | None = field(default=None, repr=False)
     _identity: tuple = field(default=(), repr=False)
+
+
+def _is_zarr_store(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "zarr.json"))
+
+
+_PART = re.compile(r"^[^/]+\.\d{10}\.h5$")  # as imgnorm.store.PART (not imported: h5py)
+
+
+def _is_parts_folder(path: str) -> bool:
+    try:
+        return all(_PART.match(n) for n in os.listdir(path))
+    except OSError:
+        return False
+
+
+# The folders an output can be, each with its name and the test of one that
+# may be replaced (with --force): never any other folder.
+FOLDERS = {"zarr": ("a Zarr store (a folder holding zarr.json)", _is_zarr_store),
+           "parts": ("a folder of imgnorm HDF5 part files", _is_parts_folder)}
 
 
 class OutputSet:
@@ -84,12 +104,13 @@ class OutputSet:
 
     # ------------------------------------------------------------ planning
 
-    def add(self, path: str | os.PathLike, option: str, *, seekable: bool = False, directory: bool = False,
+    def add(self, path: str | os.PathLike, option: str, *, seekable: bool = False, directory: str | None = None,
             what: str = "") -> Output:
         """Check ``path`` as a target for ``option`` and make its temporary file.
 
-        ``seekable`` outputs (HDF5) need a regular file; ``directory`` ones (a
-        Zarr store) a folder, made as a temporary directory; others (documents,
+        ``seekable`` outputs (HDF5) need a regular file; ``directory`` ones (of
+        :data:`FOLDERS`: ``"zarr"``, a Zarr store, or ``"parts"``, HDF5 part
+        files) a folder, made as a temporary directory; others (documents,
         pictures) can also be written into a device, a FIFO or standard
         output (``-``). Raises :class:`OptionError` (a usage error, exit 2)
         when the path cannot or must not be written; nothing is left behind.
@@ -105,7 +126,7 @@ class OutputSet:
                                   option=option)
         if directory:
             path = path.rstrip(os.sep) or path
-            out = self._resolve_directory(path, option, what or "this output")
+            out = self._resolve_directory(path, option, what or "this output", directory)
         else:
             out = self._resolve(path, option, seekable, what or "this output")
         for other in self.outputs:
@@ -159,8 +180,8 @@ class OutputSet:
             raise OptionError(f"{show_path(path)} exists; pass --force to replace it", option=option)
         return Output(path, option, os.path.realpath(path), seekable=seekable, _identity=(st.st_dev, st.st_ino))
 
-    def _resolve_directory(self, path: str, option: str, what: str) -> Output:
-        """A directory output (a Zarr store): absent, or with ``force`` a Zarr store to replace."""
+    def _resolve_directory(self, path: str, option: str, what: str, kind: str) -> Output:
+        """A directory output: absent, or with ``force`` a folder of its ``kind`` to replace."""
         if path in ("", "-"):
             raise OptionError(f"{what} is a folder; give a name such as out.zarr", option=option)
         if os.path.basename(path) in (".", ".."):
@@ -178,16 +199,17 @@ class OutputSet:
             if not os.path.isdir(folder):
                 raise OptionError(f"{show_path(path)}: folder {show_path(folder)} does not exist; create it first",
                                   option=option)
-            return Output(path, option, target, seekable=True, directory=True, _identity=("new", target))
+            return Output(path, option, target, seekable=True, directory=kind, _identity=("new", target))
+        name, is_kind = FOLDERS[kind]
         if not stat.S_ISDIR(st.st_mode):
             raise OptionError(f"{show_path(path)} is {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'}"
-                              f", not a Zarr store; {what} is a folder: give another name", option=option)
+                              f", not {name}; {what} is a folder: give another name", option=option)
         if not self.force:
             raise OptionError(f"{show_path(path)} exists; pass --force to replace it", option=option)
-        if not os.path.isfile(os.path.join(path, "zarr.json")):
-            raise OptionError(f"{show_path(path)} is a folder that is not a Zarr store (no zarr.json); imgnorm "
-                              "replaces only a Zarr store, even with --force: give another name", option=option)
-        return Output(path, option, target, seekable=True, directory=True, _identity=(st.st_dev, st.st_ino))
+        if not is_kind(path):
+            raise OptionError(f"{show_path(path)} is a folder that is not {name}; imgnorm replaces only "
+                              f"{name} there, even with --force: give another name", option=option)
+        return Output(path, option, target, seekable=True, directory=kind, _identity=(st.st_dev, st.st_ino))
 
     def _make_temp(self, target: str, option: str, kind: str = "", directory: bool = False) -> tuple[str, int]:
         """A new temporary file (or directory) beside ``target``, held under our lock."""
@@ -303,15 +325,7 @@ class OutputSet:
         if out.directory:
             return self._move_directory_into_place(out)
         if not self.force:
-            try:
-                _rename_noreplace(out.tmp, out.target)
-            except FileExistsError:
-                raise OutputError(f"{show_path(out.path)} appeared while imgnorm was running; it was not "
-                                  "replaced (pass --force to replace it); nothing was written") from None
-            except OSError as e:
-                raise _write_error(out, e) from None
-            out.tmp = None
-            return None
+            return self._into_free_name(out)
         backup = None
         try:
             st = os.lstat(out.target)
@@ -343,10 +357,10 @@ class OutputSet:
         except FileNotFoundError:
             st = None
         if st is not None and self.force:
-            if not stat.S_ISDIR(st.st_mode) or not os.path.isfile(os.path.join(out.target, "zarr.json")):
-                raise OutputError(f"{show_path(out.path)} became {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'}"
-                                  " that is not a Zarr store while imgnorm was running; it was not replaced; "
-                                  "nothing was written")
+            name, is_kind = FOLDERS[out.directory]
+            if not stat.S_ISDIR(st.st_mode) or not is_kind(out.target):
+                raise OutputError(f"{show_path(out.path)} became something that is not {name} while imgnorm was "
+                                  "running; it was not replaced; nothing was written")
             backup = out.tmp[:-len(TMP_SUFFIX)] + ".old" + TMP_SUFFIX
             try:
                 _exchange(out.tmp, out.target)
@@ -355,8 +369,12 @@ class OutputSet:
                 raise _write_error(out, e) from None
             out.tmp = None
             return backup
+        return self._into_free_name(out)
+
+    def _into_free_name(self, out: Output) -> None:
+        """Rename the temporary to the target, which must not exist (it may have appeared meanwhile)."""
         try:
-            _rename_noreplace(out.tmp, out.target, directory=True)
+            _rename_noreplace(out.tmp, out.target, directory=bool(out.directory))
         except FileExistsError:
             raise OutputError(f"{show_path(out.path)} appeared while imgnorm was running; it was not "
                               "replaced (pass --force to replace it); nothing was written") from None

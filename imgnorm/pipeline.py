@@ -291,6 +291,18 @@ class WritePlan:
                 if split.files is not None else 0
         return total + total // 50
 
+    @property
+    def meta_bound(self) -> int:
+        """An upper bound of the HDF5 file's size when its images are in part files."""
+        total = 4 << 20
+        for name in self.names:
+            split = self.source.splits[name]
+            total += len(split) * 8 if split.labels is not None else 0
+            total += sum(len(f.encode("utf-8", "surrogateescape")) + 64 for f in split.files) \
+                if split.files is not None else 0
+            total += len(split) * 4  # a virtual mapping per part: far less than this
+        return total + total // 50
+
     def summary(self) -> dict:
         """What the run would write, for ``--dry-run``: splits, counts, shapes, sizes."""
         def stored(name):
@@ -464,8 +476,13 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
             raise OptionError("lzf is an HDF5 filter; a Zarr store takes --compression gzip or none",
                               option="--compression")
     with OutputSet(force, inputs={"SOURCE": source.path, **(inputs or {})}, dry_run=dry_run) as outputs:
-        out = outputs.add(output, "-o", seekable=True, directory=zarr_out,
+        out = outputs.add(output, "-o", seekable=True, directory="zarr" if zarr_out else None,
                           what="the Zarr store" if zarr_out else "HDF5 output")
+        # On a cluster, an HDF5 output's images are part files written by the
+        # workers beside it (OUT.h5.parts/), joined in OUT.h5 as virtual datasets.
+        parts = outputs.add(out.target + ".parts", "-o", directory="parts", what="the part files") \
+            if not zarr_out and not dry_run and executor is not None and \
+            getattr(executor, "writes_in_place", False) and on_error == "fail" else None
         doc_out = outputs.add(stats_out, "--stats-out", what="the stats document") if stats_out is not None else None
         plan = plan_write(source, scaler, splits=splits, fit_split=fit_split, dtype=dtype, layout=layout,
                           compression=compression, batch_size=batch_size, on_error=on_error,
@@ -475,7 +492,7 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         read = list(dict.fromkeys(plan.names + ([plan.fit_split] if plan.fit else [])))
         with executor or _executor(source, read, workers, batch_size) as ex:
             try:
-                result = _run_write(plan, scaler, ex, outputs, out, show_progress)
+                result = _run_write(plan, scaler, ex, outputs, out, show_progress, parts)
             except OSError as e:  # the output or its pixel cache: a full disk, a quota, a lost mount
                 raise OutputError(f"{printable(output)}: cannot write ({describe_os_error(e)}); nothing was "
                                   "written") from None
@@ -489,15 +506,19 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
     return result
 
 
-def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, show_progress: bool) -> dict:
-    """Fit (if needed), then write every split into ``out.tmp``; the steps of :func:`transform_to_hdf5`."""
+def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, show_progress: bool,
+               parts=None) -> dict:
+    """Fit (if needed), then write every split into ``out.tmp``; the steps of :func:`transform_to_hdf5`.
+
+    ``parts``: the output of the HDF5 part files the workers write (on a cluster)."""
     from .report import channel_names
 
     scaler.channel_names = channel_names(plan.source.color, plan.source.channels)
     with ExitStack() as stack:
         cache = stack.enter_context(PixelCache.for_plan(plan, outputs, out))
         # The disk space first: a full disk fails before the fit pass, not after it.
-        outputs.reserve({out.tmp: plan.bound, **({cache.path: plan.cache_bytes} if cache.path else {})})
+        space = {parts.tmp: plan.bound, out.tmp: plan.meta_bound} if parts else {out.tmp: plan.bound}
+        outputs.reserve({**space, **({cache.path: plan.cache_bytes} if cache.path else {})})
         # h5py's import (~25 ms, most of it Python) runs beside the fit pass, which
         # spends its time in ISA-L and the C kernel; the workers have forked already.
         threading.Thread(target=importlib.import_module,
@@ -508,12 +529,24 @@ def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, sho
             state.results[plan.fit_split] = fit_pass(plan, scaler, ex, cache, state.skipped, show_progress)
             if plan.dtype == np.float16:
                 scaler.check_float16(plan.source.dtype)
-        with open_writer(plan, out.tmp, out.directory) as writer:
+        with open_writer(plan, out.tmp, out.directory,
+                         parts=(parts.tmp, os.path.basename(parts.target)) if parts else None) as writer:
             for name in plan.names:
                 _write_split(plan, scaler, ex, writer, name, cache, state, show_progress)
             if sum(state.rows.values()) == 0:
                 raise SourceError(f"{printable(plan.source.path)}: no image could be read; nothing was written")
+            if parts is not None:
+                _drop_unfinished_parts(parts.tmp)
             return _finish(plan, scaler, writer, state)
+
+
+def _drop_unfinished_parts(folder: str) -> None:
+    """Remove the temporaries of part files whose task died (it ran again and wrote its part)."""
+    from .store import PART
+
+    for name in os.listdir(folder):
+        if not PART.match(name):
+            os.unlink(os.path.join(folder, name))
 
 
 def _size_of(path: str) -> int:
@@ -523,9 +556,10 @@ def _size_of(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def open_writer(plan: WritePlan, path: str, directory: bool):
+def open_writer(plan: WritePlan, path: str, directory: str | None, parts: tuple[str, str] | None = None):
     """The writer of the output's format: :class:`imgnorm.zarr_store.ZarrWriter`
-    for a directory (a Zarr store), else :class:`imgnorm.store.H5Writer`."""
+    for a directory (a Zarr store), else :class:`imgnorm.store.H5Writer`
+    (with ``parts``: images in part files joined by virtual datasets)."""
     if directory:
         from .zarr_store import ZarrWriter
 
@@ -533,7 +567,7 @@ def open_writer(plan: WritePlan, path: str, directory: bool):
     from .store import H5Writer  # imports h5py (or waits for the import thread)
 
     return H5Writer(path, dtype=plan.dtype, layout=plan.layout, compression=plan.compression,
-                    reserve_bytes=plan.bound)
+                    reserve_bytes=plan.meta_bound if parts else plan.bound, parts=parts)
 
 
 @dataclass
@@ -612,18 +646,16 @@ def cache_task(source: Source, shard: Shard, path: str, shape: tuple, on_error: 
     return rs, batch.skipped, rows
 
 
-def write_task(source: Source, shard: Shard, *, scaler: Scaler, store: str, shape: tuple, dtype: str,
+def write_task(source: Source, shard: Shard, *, scaler: Scaler, sink, shape: tuple, dtype: str,
                layout: str, with_stats: bool = False, cache: str | None = None):
-    """Read, scale and write the rows of a shard straight into the Zarr store
-    ``store`` (its ``<split>/x``), from the process that read them.
+    """Read, scale and write the rows of a shard from the process that read them:
+    ``sink(split, start, values)`` writes them (whole chunks of a Zarr store,
+    or an HDF5 part file), so tasks never share a chunk and need no lock.
 
-    The shard covers whole chunks of the array, so tasks never share a chunk
-    and need no lock. ``cache``: the raw pixel cache holding the split's
-    decoded rows (the fit split), read instead of decoding again.
+    ``cache``: the raw pixel cache holding the split's decoded rows (the fit
+    split), read instead of decoding again.
     Returns ``(stats or None, images with a zero spread)``.
     """
-    from .zarr_store import open_array
-
     if cache is not None:
         x = read_cache_rows(cache, shape, source.dtype, shard.start, shard.stop)
         rs = None
@@ -633,7 +665,7 @@ def write_task(source: Source, shard: Shard, *, scaler: Scaler, store: str, shap
     y, flat = scaler.transform_batch(x, dtype)
     if layout == "nchw" and y.ndim == 4:
         y = y.transpose(0, 3, 1, 2)
-    open_array(store, f"{shard.split}/x")[shard.start:shard.stop] = y
+    sink(shard.split, shard.start, y)
     return rs, flat
 
 
@@ -649,15 +681,16 @@ def read_cache_rows(path: str, shape: tuple, dtype, start: int, stop: int) -> np
 
 def _write_split_in_place(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: "PixelCache",
                           state: _WriteState, show_progress: bool) -> None:
-    """Write one split of a Zarr store on the executor's workers: each task writes
-    whole chunks of ``x`` itself; labels and file names are written here."""
+    """Write one split on the executor's workers: each task writes whole chunks of
+    ``x`` itself (into a Zarr store, or as an HDF5 part file); labels and file
+    names are written here."""
     source, split, shape = plan.source, plan.source.splits[name], plan.shapes[name]
     fresh = name not in state.results
     rs = RunningStats(source.channels, source.dtype) if fresh else state.results[name]
     chunk = writer.chunk_rows(name)
     step = max(1, round(_chunk(ex) / chunk)) * chunk
     tasks = [Shard(name, a, min(a + step, len(split))) for a in range(0, len(split), step)]
-    fn = partial(write_task, scaler=scaler, store=writer.path, shape=shape, dtype=plan.dtype.name,
+    fn = partial(write_task, scaler=scaler, sink=writer.part_sink(name), shape=shape, dtype=plan.dtype.name,
                  layout=plan.layout, with_stats=fresh, cache=cache.path if cache.holds(name) else None)
     with progress(len(split), f"write {name}", show_progress) as bar:
         for task, (part, flat) in zip(tasks, ex.map(fn, tasks)):
@@ -667,8 +700,16 @@ def _write_split_in_place(plan: WritePlan, scaler: Scaler, ex, writer, name: str
             bar.update(task.stop - task.start)
     stored = source.stored_name
     state.rows[name] = writer.finish_in_place(name, len(split), split.labels,
-                                              [stored(f) for f in split.files] if split.files is not None else None)
+                                              [stored(f) for f in split.files] if split.files is not None else None,
+                                              [(t.start, t.stop) for t in tasks])
     state.results[name] = rs
+
+
+def _in_place(ex, plan: WritePlan) -> bool:
+    """Whether the executor's workers write the output themselves: on a cluster,
+    unless ``--on-error skip`` (the rows an image lands in are not known before
+    it is read, so the pixels come back and this process writes them)."""
+    return getattr(ex, "writes_in_place", False) and plan.on_error == "fail"
 
 
 def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: "PixelCache",
@@ -679,9 +720,8 @@ def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: 
     writer.create_split(name, len(split), scaler.output_shape(shape),
                         labels_dtype=split.labels.dtype if split.labels is not None else None,
                         files=[stored(f) for f in split.files] if split.files is not None else None)
-    if getattr(ex, "writes_in_place", False) and hasattr(writer, "finish_in_place") and plan.on_error == "fail":
-        # On a cluster the workers write the store's chunks; with --on-error skip
-        # the rows are not known before reading, so the pixels come here instead.
+    if getattr(writer, "parts", True) and _in_place(ex, plan):
+        # On a cluster the workers write the store's chunks (or HDF5 part files).
         return _write_split_in_place(plan, scaler, ex, writer, name, cache, state, show_progress)
     fresh = name not in state.results
     rs = RunningStats(source.channels, source.dtype) if fresh else state.results[name]

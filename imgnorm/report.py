@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def channel_names(color: str, channels: int) -> list[str]:
     if color == "rgb" and channels == 3:
@@ -140,8 +142,9 @@ def format_h5(info: dict) -> str:
         lines.append("INCOMPLETE: " + "; ".join(info["missing"]) + " (missing values read as NaN)")
     color = (attrs.get("stats") or {}).get("color", "keep")
     for name, s in info["splits"].items():
-        lines += ["", f"/{name}/x  shape {tuple(s['shape'])}  {s['dtype']}  chunks {tuple(s['chunks'] or ())}  "
-                      f"compression {s['compression']}"]
+        where = f"virtual, joined from {s['parts']} part file(s) in {os.path.basename(path)}.parts/" \
+            if "parts" in s else f"chunks {tuple(s['chunks'] or ())}  compression {s['compression']}"
+        lines += ["", f"/{name}/x  shape {tuple(s['shape'])}  {s['dtype']}  {where}"]
         if "labels" in s:
             lines.append(f"/{name}/y  labels per class: {s['labels']['counts']}")
         if "files" in s:

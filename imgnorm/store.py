@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -28,7 +29,7 @@ class H5Writer:
     """Writes splits batch by batch; every writer has this ``write()`` / ``close()`` shape."""
 
     def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none",
-                 reserve_bytes: int = 0):
+                 reserve_bytes: int = 0, parts: tuple[str, str] | None = None):
         if layout not in LAYOUTS:
             raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}", option="--layout")
         if compression not in COMPRESSIONS:
@@ -38,6 +39,10 @@ class H5Writer:
         self.dtype = np.dtype(dtype)
         self.layout = layout
         self.compression = compression
+        # (folder the tasks write part files into, its name relative to the file's
+        # folder once committed): /<split>/x then joins the parts as a virtual dataset.
+        self.parts = parts
+        self._rows_shape: dict[str, tuple] = {}
         # A chunk cache of several chunks: a batch size given by the user (or
         # compressed output) need not end on a chunk boundary, and a chunk
         # evicted half-written is written twice.
@@ -77,8 +82,10 @@ class H5Writer:
             row = (h, w, c) if self.layout == "nhwc" else (c, h, w)
         chunk_n = chunk_rows(n, image_shape, self.dtype)
         g = self.f.create_group(name)
-        ds = {"x": g.create_dataset("x", shape=(n,) + row, maxshape=(None,) + row, dtype=self.dtype,
-                                    chunks=(chunk_n,) + row, **self._filters())}
+        self._rows_shape[name] = (chunk_n, row)
+        ds = {} if self.parts else {
+            "x": g.create_dataset("x", shape=(n,) + row, maxshape=(None,) + row, dtype=self.dtype,
+                                  chunks=(chunk_n,) + row, **self._filters())}
         if labels_dtype is not None:
             ds["y"] = g.create_dataset("y", shape=(n,), maxshape=(None,), dtype=labels_dtype,
                                        chunks=(max(1, min(n, 65536)),))
@@ -100,6 +107,40 @@ class H5Writer:
         """Write what is left and trim the split to the rows written (fewer when images were skipped)."""
         rows = [a.finish() for a in self._ds[name].values()]
         return rows[0]
+
+    def chunk_rows(self, name: str) -> int:
+        """Rows per chunk of ``/<name>/x``: a task that writes in place writes whole ones."""
+        return self._rows_shape[name][0]
+
+    def part_sink(self, name: str):
+        """What a task calls with ``(split, start, values)`` to write its rows: a part file."""
+        from functools import partial
+
+        return partial(write_part, self.parts[0], chunk_rows=self.chunk_rows(name),
+                       filters=self._filters())
+
+    def finish_in_place(self, name: str, n: int, labels, files, bounds: list[tuple[int, int]]) -> int:
+        """End a split whose rows the tasks wrote as part files (rows ``bounds``):
+        ``/<name>/x`` joins them as a virtual dataset (relative paths; NaN where
+        a part is missing); the labels and names go in here."""
+        _, row = self._rows_shape[name]
+        layout = h5py.VirtualLayout(shape=(n,) + row, dtype=self.dtype)
+        for a, b in bounds:
+            rel = os.path.join(self.parts[1], part_name(name, a))
+            layout[a:b] = h5py.VirtualSource(rel, "x", shape=(b - a,) + row, dtype=self.dtype)
+        g = self.f[name]
+        g.create_virtual_dataset("x", layout, fillvalue=np.nan)
+        g["x"].attrs["parts"] = len(bounds)
+        ds = self._ds[name]
+        for i in range(0, n, 65536):
+            if labels is not None and "y" in ds:
+                ds["y"].append(np.asarray(labels[i:i + 65536]))
+            if files is not None and "files" in ds:
+                ds["files"].append(np.array([os.fsencode(f) for f in files[i:i + 65536]],
+                                            dtype=ds["files"].d.dtype))
+        for a in ds.values():
+            a.finish()
+        return n
 
     def set_attrs(self, **attrs) -> None:
         for k, v in attrs.items():
@@ -131,6 +172,65 @@ class H5Writer:
             self.close()
         else:
             self.abort()
+
+
+PART = re.compile(r"^[^/]+\.\d{10}\.h5$")  # a committed part file's name
+
+
+def part_name(split: str, start: int) -> str:
+    """The part file holding rows ``start:`` of ``split``."""
+    return f"{split}.{start:010d}.h5"
+
+
+def write_part(folder: str, split: str, start: int, values: np.ndarray, *, chunk_rows: int, filters: dict) -> None:
+    """Write rows ``start:start+len(values)`` of ``/<split>/x`` as the part file
+    ``folder/<split>.<start>.h5`` (dataset ``x``), committed by a rename: a
+    part is there whole or not at all, and a task run twice (its worker died)
+    writes the same part again."""
+    import secrets
+
+    final = os.path.join(folder, part_name(split, start))
+    tmp = f"{final}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            f.create_dataset("x", data=values, chunks=(min(chunk_rows, max(1, len(values))),) + values.shape[1:],
+                             **filters)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def check_parts(path: str) -> list[str]:
+    """Of each virtual ``/<split>/x``: the part files that are missing or do
+    not match (shape, dtype), one line each; empty when every part is there."""
+    problems = []
+    folder = os.path.dirname(os.path.abspath(path))
+    with h5py.File(path, "r", locking=False) as f:
+        for name, g in f.items():
+            x = g.get("x") if isinstance(g, h5py.Group) else None
+            if not isinstance(x, h5py.Dataset) or not x.is_virtual:
+                continue
+            missing = []
+            for m in x.virtual_sources():
+                src = os.path.join(folder, m.file_name)
+                lo, hi = m.vspace.get_select_bounds()  # the rows it maps to: (start, ...), (end, ...) inclusive
+                want = (hi[0] - lo[0] + 1,) + tuple(x.shape[1:])
+                try:
+                    with h5py.File(src, "r", locking=False) as p:
+                        d = p.get(m.dset_name)
+                        ok = isinstance(d, h5py.Dataset) and d.shape == want and d.dtype == x.dtype
+                except OSError:
+                    ok = False
+                if not ok:
+                    missing.append(m.file_name)
+            if missing:
+                problems.append(f"/{name}/x: {len(missing)} of {len(x.virtual_sources())} part file(s) missing "
+                                f"or not matching (first: {show_path(missing[0])})")
+    return problems
 
 
 class _Appender:
@@ -390,6 +490,8 @@ def _split_info(path: str, name: str, g, layout: str) -> dict:
                           "changed after imgnorm wrote it, or was not written by imgnorm")
     s = {"shape": list(x.shape), "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
          "compression": x.compression or "none"}
+    if x.is_virtual:  # joined from part files written by a cluster's workers
+        s["parts"] = len(x.virtual_sources())
     if "y" in g:
         y = g["y"]
         if not isinstance(y, h5py.Dataset) or y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != x.shape[0]:
@@ -427,7 +529,7 @@ def check_output(path: str) -> list[str]:
         from .zarr_store import check_zarr
 
         return check_zarr(path)
-    return []
+    return check_parts(path)
 
 
 def iter_stored(path: str, split: str, batch_size: int = 256):

@@ -135,7 +135,13 @@ class ZarrWriter:
         """Rows per chunk of ``<name>/x``: a task that writes in place writes whole ones."""
         return self._ds[name]["x"].n
 
-    def finish_in_place(self, name: str, n: int, labels, files) -> int:
+    def part_sink(self, name: str):
+        """What a task calls with ``(split, start, values)`` to write its rows: into the store."""
+        from functools import partial
+
+        return partial(write_rows, self.path)
+
+    def finish_in_place(self, name: str, n: int, labels, files, bounds=None) -> int:
         """End a split whose ``x`` the tasks wrote (all ``n`` rows): its labels and names go in here."""
         ds = self._ds[name]
         ds["x"].row = n
@@ -205,10 +211,11 @@ def decode_names(stored: np.ndarray) -> list[str]:
     return [str(s) for s in stored]
 
 
-def open_array(store: str, name: str):
-    """An array of a store being written (by a task, in a worker process)."""
+def write_rows(store: str, split: str, start: int, values: np.ndarray) -> None:
+    """Write rows ``start:start+len(values)`` of ``<split>/x`` (whole chunks) from a task."""
     zarr = need_zarr()
-    return zarr.open_array(zarr.storage.LocalStore(store), path=name, mode="r+", zarr_format=3)
+    x = zarr.open_array(zarr.storage.LocalStore(store), path=f"{split}/x", mode="r+", zarr_format=3)
+    x[start:start + len(values)] = values
 
 
 def _open(path: str):

@@ -58,12 +58,14 @@ def test_stats_documents_are_byte_identical_for_any_shard_count(cluster, folder,
             assert document_bytes(got) == want, (path, chunk)
 
 
-def test_a_write_command_on_dask_writes_the_same_bytes(cluster, folder, tmp_path):
-    src = imgnorm.open_source(folder, size=(16, 16))
+def test_with_on_error_skip_a_write_command_on_dask_writes_the_same_bytes(cluster, folder, tmp_path):
+    # the pixels come back and this process writes the file, as without Dask
+    src = imgnorm.open_source(folder, size=(16, 16), on_error="skip")
     a, b = tmp_path / "pool.h5", tmp_path / "dask.h5"
-    transform_to_hdf5(src, str(a), "standardize", workers=2)
-    transform_to_hdf5(src, str(b), "standardize", executor=DaskExecutor(src, cluster))
+    transform_to_hdf5(src, str(a), "standardize", workers=2, on_error="skip")
+    transform_to_hdf5(src, str(b), "standardize", executor=DaskExecutor(src, cluster), on_error="skip")
     assert a.read_bytes() == b.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["dask.h5", "photos", "pool.h5"]  # no part files
 
 
 def test_the_command_line_takes_a_scheduler_address_and_the_environment(cluster, mnist_npz, tmp_path):
@@ -169,7 +171,7 @@ def test_workers_write_a_zarr_store_equal_to_the_one_process_hdf5(cluster, folde
     assert sorted(os.listdir(tmp_path)) == ["d.zarr", "one.h5", "photos"]
 
 
-def test_a_worker_killed_while_writing_a_zarr_store_changes_nothing(tmp_path, rng, monkeypatch):
+def test_a_worker_killed_while_writing_a_zarr_store_or_parts_changes_nothing(tmp_path, rng, monkeypatch):
     pytest.importorskip("zarr")
     root = tmp_path / "p"
     for i in range(60):
@@ -181,6 +183,65 @@ def test_a_worker_killed_while_writing_a_zarr_store_changes_nothing(tmp_path, rn
                                   silence_logs=50) as c:
         transform_to_hdf5(src, str(tmp_path / "k.zarr"), "normalize",
                           executor=_KillingExecutor(src, c.scheduler_address))
+        transform_to_hdf5(src, str(tmp_path / "k.h5"), "normalize",
+                          executor=_KillingExecutor(src, c.scheduler_address))
     _zarr_equals_h5(tmp_path / "k.zarr", tmp_path / "one.h5")
-    r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "k.zarr"), "--check", "-q"])
+    for out in ("k.zarr", "k.h5"):
+        r = CliRunner().invoke(cli, ["inspect", str(tmp_path / out), "--check", "-q"])
+        assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "k.h5") as b:
+        assert b["all/x"].is_virtual
+        assert a["all/x"][...].tobytes() == b["all/x"][...].tobytes()
+    assert all(n.endswith(".h5") for n in os.listdir(tmp_path / "k.h5.parts"))  # no unfinished part left
+
+
+def test_on_a_cluster_an_hdf5_output_joins_the_workers_part_files(cluster, folder, tmp_path, monkeypatch):
+    import imgnorm.store
+
+    src = imgnorm.open_source(folder, size=(16, 16))
+    transform_to_hdf5(src, str(tmp_path / "one.h5"), "standardize", workers=1, layout="nchw")
+    monkeypatch.setattr(DaskExecutor, "chunk", 5)
+    monkeypatch.setattr(imgnorm.store, "CHUNK_BYTES", 4 * 16 * 16 * 3 * 4)  # chunks of 4 images: parts of 4
+    out = tmp_path / "d" / "out.h5"
+    out.parent.mkdir()
+    transform_to_hdf5(src, str(out), "standardize", executor=DaskExecutor(src, cluster), layout="nchw")
+    parts = sorted(os.listdir(tmp_path / "d" / "out.h5.parts"))
+    assert len(parts) > 2 and all(p.endswith(".h5") for p in parts)
+    assert sorted(os.listdir(tmp_path / "d")) == ["out.h5", "out.h5.parts"]  # no temporary left
+    # the pair moves together and opens from any directory (relative paths)
+    moved = tmp_path / "elsewhere"
+    os.rename(tmp_path / "d", moved)
+    monkeypatch.chdir("/")
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(moved / "out.h5") as b:
+        assert b["train/x"].is_virtual
+        for split in a:
+            for key in a[split]:
+                assert a[split][key][...].tobytes() == b[split][key][...].tobytes(), (split, key)
+        assert a.attrs["stats"] == b.attrs["stats"]
+    r = CliRunner().invoke(cli, ["inspect", str(moved / "out.h5"), "--check", "-q"])
+    assert r.exit_code == 0 and "part file(s)" in r.output, r.output
+    os.unlink(moved / "out.h5.parts" / parts[1])  # a missing part is an error, not silently the fill value
+    r = CliRunner().invoke(cli, ["inspect", str(moved / "out.h5"), "--check", "-q"])
+    assert r.exit_code == 1 and parts[1] in r.output and "Traceback" not in r.output
+    with h5py.File(moved / "out.h5") as b:
+        assert np.isnan(b[parts[1].split(".")[0]]["x"][...]).any()
+
+
+def test_part_files_are_replaced_only_with_force_and_only_a_parts_folder(cluster, mnist_npz, tmp_path):
+    path = str(mnist_npz[0])
+    out = tmp_path / "m.h5"
+    r = CliRunner().invoke(cli, ["center", path, "-o", str(out), "--scheduler", cluster, "-q"])
     assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["standardize", path, "-o", str(out), "--scheduler", cluster, "-q"])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = CliRunner().invoke(cli, ["standardize", path, "-o", str(out), "--scheduler", cluster, "-q", "--force"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(out) as f:
+        assert f.attrs["method"] == "standardize" and abs(float(f["train/x"][...].mean())) < 1e-6
+    other = tmp_path / "n.h5"
+    (tmp_path / "n.h5.parts").mkdir()
+    (tmp_path / "n.h5.parts" / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(cli, ["standardize", path, "-o", str(other), "--scheduler", cluster, "-q", "--force"])
+    assert r.exit_code == 2 and "part files" in r.output
+    assert os.listdir(tmp_path / "n.h5.parts") == ["notes.txt"] and not other.exists()
+    assert not [n for n in os.listdir(tmp_path) if "imgnorm-tmp" in n]

@@ -205,3 +205,38 @@ def test_a_store_is_written_and_checked_as_root_and_as_an_unprivileged_user(user
     if user == "nobody":
         assert r.returncode == 2 and "Permission denied" in r.stderr and "Traceback" not in r.stderr
     assert sorted(n for n in os.listdir(world_tmp) if "imgnorm-tmp" in n) == []
+
+
+def test_a_folder_that_appears_during_the_run_is_never_replaced(tmp_path):
+    from imgnorm.errors import OutputError
+    from imgnorm.outputs import OutputSet
+
+    target = tmp_path / "o.zarr"
+    with OutputSet() as outputs:
+        out = outputs.add(str(target), "-o", seekable=True, directory="zarr")
+        (tmp_path / os.path.basename(out.tmp) / "zarr.json").write_text("{}")
+        target.mkdir()  # another run, or the user, made it meanwhile
+        (target / "theirs").write_text("keep")
+        with pytest.raises(OutputError, match="appeared while imgnorm was running"):
+            outputs.commit()
+    assert os.listdir(target) == ["theirs"]
+    assert sorted(os.listdir(tmp_path)) == ["o.zarr"]
+
+
+def test_with_force_a_failed_commit_puts_the_old_store_back(tmp_path):
+    from imgnorm.errors import OutputError
+    from imgnorm.outputs import OutputSet
+
+    target = tmp_path / "o.zarr"
+    target.mkdir()
+    (target / "zarr.json").write_text("old")
+    with OutputSet(force=True) as outputs:
+        out = outputs.add(str(target), "-o", seekable=True, directory="zarr")
+        (tmp_path / os.path.basename(out.tmp) / "zarr.json").write_text("new")
+        doc = outputs.add(str(tmp_path / "s.json"), "--stats-out")
+        outputs.set_content(doc, b"{}")
+        (tmp_path / "s.json").mkdir()  # the second output cannot be put in place
+        with pytest.raises(OutputError):
+            outputs.commit()
+    assert (target / "zarr.json").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["o.zarr", "s.json"]
