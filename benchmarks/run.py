@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def measure(cmd: list[str], cleanup: list[str] = ()) -> tuple[float, float, str]
     import threading
 
     for path in cleanup:
-        if os.path.exists(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
             os.remove(path)
     # Write the previous run's output back to disk now, so that its write-back
     # does not run (on these two cores) inside this run's time.
@@ -220,20 +223,42 @@ def main():
         out = subprocess.run([PY, f"{HERE}/whiten_error.py", mnist], capture_output=True, text=True, check=True)
         notes.append(f"whiten MNIST: {out.stdout.strip()}")
     if "dask" in only:
+        # Dask against the built-in pool on the same cores, and Zarr's write time against HDF5's.
+        outs = [o("d.h5"), o("d.h5.parts"), o("d.zarr")]
         for scale, folder in (("1x", photos1), ("10x", photos10)):
-            for cmd in (["stats", "--json", "-q"], ["standardize", "--size", "64x64", "-q", "-o", o("d.h5")]):
+            for cmd in (["stats", "--json", "-q"], ["standardize", "--size", "64x64", "-q"]):
                 args = [cmd[0], folder] + cmd[1:]
-                runs = {f"imgnorm {cmd[0]} {scale}, built-in pool, {workers} proc": (IMGNORM + args, [o("d.h5")])}
+                writes = cmd[0] != "stats"
+                h5 = ["-o", o("d.h5")] if writes else []
+                runs = {f"{cmd[0]} {scale} pool": (IMGNORM + args + h5, outs)}
                 for n in ("1", workers):
-                    runs[f"imgnorm {cmd[0]} {scale} --scheduler local:{n}"] = (
-                        IMGNORM + args + ["--scheduler", f"local:{n}"], [o("d.h5")])
+                    runs[f"{cmd[0]} {scale} local:{n}"] = (IMGNORM + args + h5 + ["--scheduler", f"local:{n}"], outs)
+                if writes:
+                    runs[f"{cmd[0]} {scale} pool -o .zarr"] = (IMGNORM + args + ["-o", o("d.zarr")], outs)
+                    runs[f"{cmd[0]} {scale} local:{workers} -o .zarr"] = (
+                        IMGNORM + args + ["-o", o("d.zarr"), "--scheduler", f"local:{workers}"], outs)
                 res = run_case("dask", runs, max(1, a.rounds // 2))
                 results += res["rows"]
-                t = {r["run"].rsplit(" ", 1)[-1]: r["time_s"] for r in res["rows"]}
-                notes.append(f"dask {cmd[0]} {scale}: speed-up from local:1 to local:{workers}: "
-                             f"{t['local:1'] / t[f'local:{workers}']:.2f}x")
-        if os.path.exists(o("d.h5")):
-            os.remove(o("d.h5"))
+                t = {r["run"]: r for r in res["rows"]}
+                pool, one, many = (t[f"{cmd[0]} {scale} {k}"] for k in ("pool", "local:1", f"local:{workers}"))
+                notes.append(f"dask {cmd[0]} {scale}: local:{workers} takes {many['time_s'] / pool['time_s']:.2f}x "
+                             f"the pool's time and {many['rss_mib'] / pool['rss_mib']:.2f}x its peak memory; "
+                             f"efficiency from 1 to {workers} workers "
+                             f"{one['time_s'] / many['time_s'] / int(workers):.2f}")
+                if writes:
+                    z1, zn = t[f"{cmd[0]} {scale} pool -o .zarr"], t[f"{cmd[0]} {scale} local:{workers} -o .zarr"]
+                    notes.append(f"zarr {cmd[0]} {scale}: -o .zarr takes {z1['time_s'] / pool['time_s']:.2f}x "
+                                 f"the time of -o .h5 (pool), {zn['time_s'] / many['time_s']:.2f}x on "
+                                 f"local:{workers} (workers write chunks / part files)")
+        res = run_case("zarr", {"imgnorm standardize MNIST -o .h5": (IMGNORM + ["standardize", mnist, "-q", "-o",
+                                                                              o("d.h5")], outs),
+                                "imgnorm standardize MNIST -o .zarr": (IMGNORM + ["standardize", mnist, "-q", "-o",
+                                                                                o("d.zarr")], outs)}, a.rounds)
+        results += res["rows"]
+        notes.append(f"zarr MNIST: -o .zarr takes {res['rows'][1]['time_s'] / res['rows'][0]['time_s']:.2f}x the time "
+                     "of -o .h5")
+        for path in outs:
+            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
     if "resize" in only:
         res = run_case("resize", {
             "imgnorm standardize --size 224x224": (

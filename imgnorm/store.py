@@ -262,8 +262,11 @@ class _Appender:
                 self._write(self.buf)
                 self.fill = 0
         whole = (len(x) - i) // self.n * self.n
-        for r in range(i, i + whole, self.n):
-            self._write(x[r:r + self.n])
+        if whole and not isinstance(self.d, h5py.Dataset):
+            self._write(x[i:i + whole])  # zarr writes a batch's chunks concurrently, in one call
+        else:
+            for r in range(i, i + whole, self.n):
+                self._write(x[r:r + self.n])
         rest = len(x) - i - whole
         if rest:
             self.buf[:rest] = x[i + whole:]
