@@ -141,6 +141,10 @@ class DaskExecutor:
                                  f"({_first_line(e)}); start it (dask scheduler) or check the address") from None
         except Exception as e:  # something answered that is not a Dask scheduler (garbage frames: MemoryError...)
             self._close()
+            if self.kind == "local":  # our own LocalCluster did not come up (a worker failed to start)
+                raise SchedulerError(f"could not start a local Dask cluster for --scheduler {self.scheduler} "
+                                     f"({type(e).__name__}: {_first_line(e)}); run without --scheduler to use "
+                                     "the built-in pool") from None
             raise SchedulerError(f"{self.scheduler} did not answer as a Dask scheduler ({type(e).__name__}: "
                                  f"{_first_line(e)}); check the address and port") from None
         except BaseException:

@@ -245,3 +245,13 @@ def test_part_files_are_replaced_only_with_force_and_only_a_parts_folder(cluster
     assert r.exit_code == 2 and "part files" in r.output
     assert os.listdir(tmp_path / "n.h5.parts") == ["notes.txt"] and not other.exists()
     assert not [n for n in os.listdir(tmp_path) if "imgnorm-tmp" in n]
+
+
+def test_a_local_cluster_that_cannot_start_is_named_as_such(mnist_npz, monkeypatch):
+    def failing(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(distributed, "LocalCluster", failing)
+    r = CliRunner().invoke(cli, ["stats", str(mnist_npz[0]), "--scheduler", "local:2"])
+    assert r.exit_code == 1 and "could not start a local Dask cluster" in r.output
+    assert "Nanny failed to start" in r.output and "Traceback" not in r.output
