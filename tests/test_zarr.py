@@ -172,6 +172,17 @@ def test_zarr_only_options_and_a_missing_extra_are_usage_errors(mnist_npz, tmp_p
             raise ImportError(f"No module named {name!r}")
         return real_import(name, *args, **kwargs)
 
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+
+    # not installed: refused before anything is made
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "zarr" else
+                        real_find_spec(name, *a))
+    r = CliRunner().invoke(cli, ["normalize", path, "-o", str(tmp_path / "a.zarr")])
+    assert r.exit_code == 2 and "pip install 'imgnorm[zarr]'" in r.output
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
+    # found but not importable (a broken install): refused where the store is made, nothing left
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
     monkeypatch.setattr(builtins, "__import__", no_zarr)
     r = CliRunner().invoke(cli, ["normalize", path, "-o", str(tmp_path / "a.zarr")])
     assert r.exit_code == 2 and "pip install 'imgnorm[zarr]'" in r.output
@@ -240,3 +251,25 @@ def test_with_force_a_failed_commit_puts_the_old_store_back(tmp_path):
             outputs.commit()
     assert (target / "zarr.json").read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == ["o.zarr", "s.json"]
+
+
+@pytest.mark.parametrize("dtype,batch", [("float32", 7), ("float16", 3), ("float64", 64)])
+def test_whole_chunks_written_as_files_read_back_as_zarr_wrote_them(mnist_npz, tmp_path, monkeypatch, dtype, batch):
+    import imgnorm.store
+
+    path = mnist_npz[0]
+    monkeypatch.setattr(imgnorm.store, "CHUNK_BYTES", 4 * 8 * 8 * np.dtype(dtype).itemsize)  # 4 rows a chunk
+    src = imgnorm.open_source(path)
+    transform_to_hdf5(src, str(tmp_path / "a.h5"), "standardize", dtype=dtype, batch_size=batch, layout="nchw")
+    transform_to_hdf5(src, str(tmp_path / "a.zarr"), "standardize", dtype=dtype, batch_size=batch, layout="nchw")
+    _same_as_h5(tmp_path / "a.h5", tmp_path / "a.zarr")
+    z = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    assert z["train/x"].chunks[0] == 4 and z["train/x"].shape[0] == 50  # 12 whole chunks and a partial one
+    assert z["train/x"].nchunks_initialized == 13
+    # and zarr's own reader agrees row by row with what zarr itself writes
+    own = zarr.create_array(str(tmp_path / "own.zarr"), shape=z["train/x"].shape, chunks=z["train/x"].chunks,
+                            dtype=dtype, fill_value=np.nan, compressors=None, zarr_format=3)
+    own[...] = z["train/x"][...]
+    for i in range(13):
+        key = f"c/{i}/0/0/0"
+        assert (tmp_path / "own.zarr" / key).read_bytes() == (tmp_path / "a.zarr" / "train" / "x" / key).read_bytes()
