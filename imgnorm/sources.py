@@ -9,6 +9,8 @@ sorted order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import hashlib
 import os
 import stat
@@ -317,13 +319,57 @@ def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, 
 # ---------------------------------------------------------------- folders
 
 
+class PathList(Sequence):
+    """File paths held as one bytes buffer and an offsets array: a read-only list of str.
+
+    A Python list of str costs ~150 bytes a path in every process that touches
+    it (reference counts dirty the pages a forked worker shares), so a folder
+    of millions of files would grow every worker by hundreds of MB; this is
+    the paths' bytes once, shared by forked workers untouched.
+    """
+
+    def __init__(self, paths):
+        raw = [os.fsencode(p) for p in paths]
+        self._offsets = np.zeros(len(raw) + 1, np.int64)
+        np.cumsum([len(b) for b in raw], out=self._offsets[1:])
+        self._blob = b"".join(raw)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("path index out of range")
+        return os.fsdecode(self._blob[self._offsets[i]:self._offsets[i + 1]])
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (PathList, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None
+
+    def __add__(self, other) -> list[str]:  # as a list would: a new list
+        return list(self) + list(other)
+
+    def __radd__(self, other) -> list[str]:
+        return list(other) + list(self)
+
+    def __repr__(self) -> str:
+        return f"PathList({len(self)} paths)"
+
+
 class FolderSplit(Split):
     """Image files, decoded one by one with :func:`imgnorm.decode.decode`."""
 
     def __init__(self, name: str, files: list[str], labels: np.ndarray | None,
                  color: str, resize=None):
         self.name = name
-        self.files = files
+        self.files = files if isinstance(files, PathList) else PathList(files)
         self.labels = labels
         self.color = color
         self.resize = resize  # imgnorm.decode.Resize or None

@@ -455,3 +455,21 @@ def test_images_without_pixels_are_refused(tmp_path, shape):
     np.savez(tmp_path / "z.npz", x_train=np.zeros(shape, np.uint8))
     with pytest.raises(SourceError, match=r"z\.npz:x_train: images of \d+x\d+ pixels .* hold no pixels"):
         open_source(tmp_path / "z.npz")
+
+
+def test_folder_paths_are_held_compactly_and_behave_as_a_list(tmp_path):
+    import pickle
+
+    from imgnorm.sources import PathList
+
+    names = [str(tmp_path / "a" / f"{i}.jpg") for i in range(1000)] + [os.fsdecode(b"/x/caf\xe9.jpg")]
+    pl = PathList(names)
+    assert len(pl) == 1001 and list(pl) == names and pl == names and pl[-1] == names[-1]
+    assert pl[3:6] == names[3:6] and pl[::500] == names[::500]
+    assert os.fsencode(pl[-1]) == b"/x/caf\xe9.jpg"  # not UTF-8: kept exactly
+    assert pl + ["z"] == names + ["z"] and ["z"] + pl == ["z"] + names
+    with pytest.raises(IndexError):
+        pl[1001]
+    assert pickle.loads(pickle.dumps(pl)) == names  # as it travels to Dask workers
+    # one buffer of the paths' bytes and one offset each, not a str object per path
+    assert len(pl._blob) == sum(len(os.fsencode(n)) for n in names) and pl._offsets.nbytes == 8 * 1002
