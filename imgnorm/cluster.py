@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from functools import partial
 from typing import Callable, Iterable, Iterator
 
 from .errors import ImgnormError, OptionError
@@ -45,6 +46,31 @@ def _prepare_worker() -> None:
     from .workers import tune_malloc
 
     tune_malloc()
+
+
+def _run_in(cwd: str, fn: Callable, source, task):
+    """Run ``fn(source, task)`` in the client's working directory: the paths a user
+    gives are relative to it, and a worker started elsewhere (``dask worker`` in
+    another folder or on another machine) would not find them."""
+    try:
+        here = os.getcwd()
+    except OSError:  # the worker's own folder was removed
+        here = None
+    if here != cwd:
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            from .errors import SourceError
+
+            raise SourceError(f"a Dask worker cannot enter the folder imgnorm runs in ({cwd}: {e.strerror}); give "
+                              "absolute paths on a file system the workers share") from None
+    return fn(source, task)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _given(value):
@@ -171,13 +197,21 @@ class DaskExecutor:
     def map(self, fn: Callable, tasks: Iterable) -> Iterator:
         """Results of ``fn(source, task)`` in task order; a failed task raises its error here."""
         tasks = list(tasks)
+        fn = partial(_run_in, os.getcwd(), fn)
         window = max(2, AHEAD_PER_WORKER * max(1, len(self.workers())))
         futures = {}
         try:
             for i in range(min(window, len(tasks))):
                 futures[i] = self.client.submit(fn, self._source, tasks[i], pure=False)
             for i in range(len(tasks)):
-                result = futures.pop(i).result()
+                try:
+                    result = futures.pop(i).result()
+                except RuntimeError as e:
+                    if "deserializ" not in str(e):
+                        raise
+                    raise SchedulerError(f"the Dask cluster at {self.scheduler} cannot load imgnorm's tasks "
+                                         f"({_first_line(e)}); run its scheduler and workers in an environment "
+                                         f"with this imgnorm ({_version()}) installed") from None
                 if i + window < len(tasks):
                     futures[i + window] = self.client.submit(fn, self._source, tasks[i + window], pure=False)
                 yield result

@@ -255,3 +255,26 @@ def test_a_local_cluster_that_cannot_start_is_named_as_such(mnist_npz, monkeypat
     r = CliRunner().invoke(cli, ["stats", str(mnist_npz[0]), "--scheduler", "local:2"])
     assert r.exit_code == 1 and "could not start a local Dask cluster" in r.output
     assert "Nanny failed to start" in r.output and "Traceback" not in r.output
+
+
+def test_workers_started_in_another_folder_find_the_relative_paths_given(cluster, folder, monkeypatch):
+    with distributed.Client(cluster) as client:
+        client.run(os.chdir, "/")  # as `dask worker` started anywhere else
+    monkeypatch.chdir(folder.parent)
+    src = imgnorm.open_source(folder.name)
+    want = document_bytes(compute_stats(src, workers=1))
+    assert document_bytes(compute_stats(src, executor=DaskExecutor(src, cluster))) == want
+
+
+def test_a_cluster_that_cannot_load_the_tasks_is_a_clear_error(cluster, mnist_npz, monkeypatch):
+    import imgnorm.cluster as cl
+
+    def broken(*args):
+        raise RuntimeError("Error during deserialization of the task graph. This frequently occurs if ...")
+
+    src = imgnorm.open_source(mnist_npz[0])
+    with DaskExecutor(src, cluster) as ex:
+        monkeypatch.setattr(ex.client, "submit", lambda *a, **k: type("F", (), {"result": broken,
+                                                                                "cancel": lambda self: None})())
+        with pytest.raises(cl.SchedulerError, match="environment with this imgnorm"):
+            list(ex.map(lambda s, t: t, [1, 2]))
