@@ -27,7 +27,7 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
     :class:`SourceError` listing what is missing.
     """
     from . import report
-    from .zarr_store import is_zarr
+    from .outputs import is_zarr
 
     lower = path.lower()
     kind = "hdf5" if lower.endswith(HDF5_EXTENSIONS) or is_zarr(path) or os.path.isfile(

@@ -60,6 +60,11 @@ class Output:
     _identity: tuple = field(default=(), repr=False)
 
 
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Whether an output path names a Zarr store (by its extension, ``.zarr``)."""
+    return os.fspath(path).rstrip(os.sep).lower().endswith(".zarr")
+
+
 def _is_zarr_store(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "zarr.json"))
 

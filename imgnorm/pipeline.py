@@ -21,11 +21,10 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import ImageError, OptionError, OutputError, SourceError, StatsFileError, printable
-from .outputs import OutputSet, describe_os_error
+from .outputs import OutputSet, describe_os_error, is_zarr
 from .sources import Batch, Source, Split
 from .stats import RunningStats, document_bytes, stats_document
 from .transforms import LAYOUTS, COMPRESSIONS, Scaler, check_writable_dtype, need_max_value
-from .zarr_store import check_zarr_installed, is_zarr
 from .workers import LocalExecutor, ahead, progress
 
 DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
@@ -471,6 +470,8 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
     scaler = scaler if isinstance(scaler, Scaler) else Scaler(scaler)
     zarr_out = is_zarr(output)
     if zarr_out:
+        from .zarr_store import check_zarr_installed
+
         check_zarr_installed()  # before anything is made: a missing extra is a usage error
         if compression == "lzf":
             raise OptionError("lzf is an HDF5 filter; a Zarr store takes --compression gzip or none",

@@ -25,7 +25,46 @@ CHUNK_BYTES = 1 << 20  # HDF5's chunk cache default; chunks of about 1 MiB read 
 CHUNK_CACHE_BYTES = 2 << 20
 
 
-class H5Writer:
+class SplitWriter:
+    """What every writer shares: splits appended batch by batch through their
+    :class:`_Appender` s (``self._ds[split][key]``), labels and names alongside."""
+
+    LABEL_BLOCK = 65536
+
+    def write(self, name: str, x: np.ndarray, labels=None, files=None) -> None:
+        """Append a batch ``x`` of shape (n, height, width, channels), already scaled,
+        with its labels and file names."""
+        ds = self._ds[name]
+        ds["x"].append(x if self.layout == "nhwc" or x.ndim != 4 else x.transpose(0, 3, 1, 2))
+        if labels is not None and "y" in ds:
+            ds["y"].append(np.asarray(labels))
+        if files is not None and "files" in ds:
+            ds["files"].append(self._names(name, files))
+
+    def _append_labels_and_names(self, name: str, n: int, labels, files) -> None:
+        """All ``n`` labels and names of a split whose images the tasks wrote, in blocks."""
+        ds = self._ds[name]
+        for i in range(0, n, self.LABEL_BLOCK):
+            if labels is not None and "y" in ds:
+                ds["y"].append(np.asarray(labels[i:i + self.LABEL_BLOCK]))
+            if files is not None and "files" in ds:
+                ds["files"].append(self._names(name, files[i:i + self.LABEL_BLOCK]))
+
+    def finish_split(self, name: str) -> int:
+        """Write what is left and trim the split to the rows written (fewer when images were skipped)."""
+        return [a.finish() for a in self._ds[name].values()][0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()  # a failure here (disk full on the last flush) propagates
+        else:
+            self.abort()
+
+
+class H5Writer(SplitWriter):
     """Writes splits batch by batch; every writer has this ``write()`` / ``close()`` shape."""
 
     def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none",
@@ -93,20 +132,8 @@ class H5Writer:
             ds["files"] = _files_dataset(g, n, files)
         self._ds[name] = {k: _Appender(d, direct=k == "x" and self.compression == "none") for k, d in ds.items()}
 
-    def write(self, name: str, x: np.ndarray, labels=None, files=None) -> None:
-        """Append a batch ``x`` of shape (n, height, width, channels), already scaled,
-        with its labels and file names."""
-        ds = self._ds[name]
-        ds["x"].append(x if self.layout == "nhwc" or x.ndim != 4 else x.transpose(0, 3, 1, 2))
-        if labels is not None and "y" in ds:
-            ds["y"].append(np.asarray(labels))
-        if files is not None and "files" in ds:
-            ds["files"].append(np.array([os.fsencode(f) for f in files], dtype=ds["files"].d.dtype))
-
-    def finish_split(self, name: str) -> int:
-        """Write what is left and trim the split to the rows written (fewer when images were skipped)."""
-        rows = [a.finish() for a in self._ds[name].values()]
-        return rows[0]
+    def _names(self, name: str, files: list[str]) -> np.ndarray:
+        return np.array([os.fsencode(f) for f in files], dtype=self._ds[name]["files"].d.dtype)
 
     def chunk_rows(self, name: str) -> int:
         """Rows per chunk of ``/<name>/x``: a task that writes in place writes whole ones."""
@@ -131,14 +158,8 @@ class H5Writer:
         g = self.f[name]
         g.create_virtual_dataset("x", layout, fillvalue=np.nan)
         g["x"].attrs["parts"] = len(bounds)
-        ds = self._ds[name]
-        for i in range(0, n, 65536):
-            if labels is not None and "y" in ds:
-                ds["y"].append(np.asarray(labels[i:i + 65536]))
-            if files is not None and "files" in ds:
-                ds["files"].append(np.array([os.fsencode(f) for f in files[i:i + 65536]],
-                                            dtype=ds["files"].d.dtype))
-        for a in ds.values():
+        self._append_labels_and_names(name, n, labels, files)
+        for a in self._ds[name].values():
             a.finish()
         return n
 
@@ -163,16 +184,6 @@ class H5Writer:
             self.f.close()
         except Exception:
             pass
-
-    def __enter__(self) -> "H5Writer":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 PART = re.compile(r"^[^/]+\.\d{10}\.h5$")  # a committed part file's name
 
@@ -262,15 +273,20 @@ class _Appender:
                 self._write(self.buf)
                 self.fill = 0
         whole = (len(x) - i) // self.n * self.n
-        if whole and not isinstance(self.d, h5py.Dataset):
-            self._write(x[i:i + whole])  # zarr writes a batch's chunks concurrently, in one call
-        else:
-            for r in range(i, i + whole, self.n):
-                self._write(x[r:r + self.n])
+        if whole:
+            self._write_chunks(x[i:i + whole])
         rest = len(x) - i - whole
         if rest:
             self.buf[:rest] = x[i + whole:]
             self.fill = rest
+
+    def _write_chunks(self, rows: np.ndarray) -> None:
+        """Whole chunks: to HDF5 one at a time (it places them in the order written);
+        to zarr in one call (it writes a call's chunks concurrently)."""
+        if not isinstance(self.d, h5py.Dataset):
+            return self._write(rows)
+        for r in range(0, len(rows), self.n):
+            self._write(rows[r:r + self.n])
 
     def _write(self, chunk: np.ndarray) -> None:
         if self.row + len(chunk) > self.d.shape[0]:
@@ -511,7 +527,7 @@ def _split_info(path: str, name: str, g, layout: str) -> dict:
 
 def is_store_dir(path: str) -> bool:
     """Whether ``path`` is a Zarr store (a folder named .zarr, or one holding zarr.json)."""
-    from .zarr_store import is_zarr
+    from .outputs import is_zarr
 
     return os.path.isdir(path) and (is_zarr(path) or os.path.isfile(os.path.join(path, "zarr.json")))
 

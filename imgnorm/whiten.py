@@ -652,7 +652,7 @@ def whiten_to_hdf5(source, output: str, whitener: Whitener | None = None, *, fit
             raise OptionError("--fit applies a saved whitening; its options come from the file", option="--fit")
         whitener = Whitener.load(fit)
     whitener = whitener or Whitener()
-    from .zarr_store import is_zarr
+    from .outputs import is_zarr
 
     if is_zarr(output):  # the /whitening group (matrix, eigenvectors) is laid out for HDF5 only
         raise OptionError("whiten writes HDF5 only (its /whitening group); give -o a .h5 name", option="-o")

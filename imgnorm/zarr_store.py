@@ -28,18 +28,11 @@ import numpy as np
 
 from .errors import OptionError, SourceError, show_path
 from .outputs import reserve
+from .store import _JSON_ATTRS, SplitWriter, _Appender, _checked_attr, chunk_rows
 from .transforms import COMPRESSIONS, LAYOUTS
-
-# imgnorm.store (h5py) is imported where it is used: the pipeline imports this
-# module to tell a .zarr output from an HDF5 one, and h5py costs ~50 ms.
 
 EXTRA = "pip install 'imgnorm[zarr]'"
 LABEL_CHUNK = 65536
-
-
-def is_zarr(path: str | os.PathLike) -> bool:
-    """Whether an output path names a Zarr store (by its extension, ``.zarr``)."""
-    return os.fspath(path).rstrip(os.sep).lower().endswith(".zarr")
 
 
 def check_zarr_installed() -> None:
@@ -70,7 +63,7 @@ def _array_config() -> dict:
     return {"write_empty_chunks": True}
 
 
-class ZarrWriter:
+class ZarrWriter(SplitWriter):
     """Writes splits batch by batch into a Zarr v3 store; the shape of :class:`imgnorm.store.H5Writer`."""
 
     def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none", reserve_bytes: int = 0):
@@ -100,8 +93,6 @@ class ZarrWriter:
     def create_split(self, name: str, n: int, image_shape: tuple[int, ...], *,
                      labels_dtype=None, files: list[str] | None = None) -> None:
         """Make ``<name>/x`` for ``n`` images of shape (height, width, channels) (or vectors (k,))."""
-        from .store import _Appender, chunk_rows
-
         row = chunk_shape_row(image_shape, self.layout)
         chunk_n = chunk_rows(n, image_shape, self.dtype)
         g = self.root.create_group(name)
@@ -134,15 +125,8 @@ class ZarrWriter:
         if self.compression == "none":
             self._ds[name]["x"] = _RawChunks(arrays["x"], os.path.join(self.path, name, "x"))
 
-    def write(self, name: str, x: np.ndarray, labels=None, files=None) -> None:
-        """Append a batch ``x`` of shape (n, height, width, channels), already scaled,
-        with its labels and file names."""
-        ds = self._ds[name]
-        ds["x"].append(x if self.layout == "nhwc" or x.ndim != 4 else x.transpose(0, 3, 1, 2))
-        if labels is not None and "y" in ds:
-            ds["y"].append(np.asarray(labels))
-        if files is not None and "files" in ds:
-            ds["files"].append(encode_names(files, self._names_as_bytes.get(name)))
+    def _names(self, name: str, files: list[str]) -> np.ndarray:
+        return encode_names(files, self._names_as_bytes.get(name))
 
     def chunk_rows(self, name: str) -> int:
         """Rows per chunk of ``<name>/x``: a task that writes in place writes whole ones."""
@@ -156,23 +140,12 @@ class ZarrWriter:
 
     def finish_in_place(self, name: str, n: int, labels, files, bounds=None) -> int:
         """End a split whose ``x`` the tasks wrote (all ``n`` rows): its labels and names go in here."""
-        ds = self._ds[name]
-        ds["x"].row = n
-        for i in range(0, n, LABEL_CHUNK):
-            if labels is not None and "y" in ds:
-                ds["y"].append(np.asarray(labels[i:i + LABEL_CHUNK]))
-            if files is not None and "files" in ds:
-                ds["files"].append(encode_names(files[i:i + LABEL_CHUNK], self._names_as_bytes.get(name)))
+        self._ds[name]["x"].row = n
+        self._append_labels_and_names(name, n, labels, files)
         return self.finish_split(name)
-
-    def finish_split(self, name: str) -> int:
-        """Write what is left and trim the split to the rows written."""
-        return [a.finish() for a in self._ds[name].values()][0]
 
     def set_attrs(self, **attrs) -> None:
         """Root attributes: JSON values (the HDF5 file's JSON text, parsed)."""
-        from .store import _JSON_ATTRS
-
         values = {}
         for k, v in attrs.items():
             if v is None:
@@ -187,15 +160,6 @@ class ZarrWriter:
 
     def abort(self) -> None:
         self._ds.clear()
-
-    def __enter__(self) -> "ZarrWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def chunk_shape_row(image_shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
@@ -253,52 +217,24 @@ def _write_raw_chunk(folder: str, index: int, values: np.ndarray, dtype) -> None
         f.write(memoryview(data).cast("B"))
 
 
-class _RawChunks:
+class _RawChunks(_Appender):
     """The appender of an uncompressed ``x``: whole chunks straight to their files
     (as :class:`imgnorm.store._Appender` hands HDF5 whole chunks), the last,
     partial one through zarr (which pads it to a chunk with the fill value)."""
 
     def __init__(self, array, folder: str):
-        from .store import _Appender
-
+        super().__init__(array, direct=False)
         self.folder = folder
-        self.n = array.chunks[0]
-        self.rest = _Appender(array, direct=False)  # the rows after the last whole chunk
-        self.row = 0
-        self.buf = np.empty((self.n,) + tuple(array.shape[1:]), array.dtype)
-        self.fill = 0
-        self.array = array
 
-    def append(self, x: np.ndarray) -> None:
-        i = 0
-        if self.fill:
-            i = min(self.n - self.fill, len(x))
-            self.buf[self.fill:self.fill + i] = x[:i]
-            self.fill += i
-            if self.fill == self.n:
-                self._chunk(self.buf)
-                self.fill = 0
-        while len(x) - i >= self.n:
-            self._chunk(x[i:i + self.n])
-            i += self.n
-        if i < len(x):
-            self.buf[:len(x) - i] = x[i:]
-            self.fill = len(x) - i
+    def _write_chunks(self, rows: np.ndarray) -> None:
+        for r in range(0, len(rows), self.n):
+            self._write(rows[r:r + self.n])
 
-    def _chunk(self, values: np.ndarray) -> None:
-        _write_raw_chunk(self.folder, self.row // self.n, values, self.array.dtype)
+    def _write(self, chunk: np.ndarray) -> None:
+        if len(chunk) < self.n:
+            return super()._write(chunk)
+        _write_raw_chunk(self.folder, self.row // self.n, chunk, self.d.dtype)
         self.row += self.n
-
-    def finish(self) -> int:
-        if self.fill:
-            self.rest.row = self.row
-            self.rest.append(self.buf[:self.fill])
-            self.row = self.rest.finish()
-            self.fill = 0
-        elif self.array.shape[0] != self.row:
-            self.rest.row = self.row
-            self.row = self.rest.finish()
-        return self.row
 
 
 def _open(path: str):
@@ -315,8 +251,6 @@ def _open(path: str):
 def read_zarr_info(path: str | os.PathLike) -> dict:
     """Splits, shapes, dtypes, chunking, compression, labels and attributes of an
     imgnorm Zarr store: what :func:`imgnorm.store.read_h5_info` gives for HDF5."""
-    from .store import _JSON_ATTRS, _checked_attr
-
     path = os.fspath(path).rstrip(os.sep)
     if not os.path.isdir(path):
         raise SourceError(f"{show_path(path)}: no such Zarr store")
