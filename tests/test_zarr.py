@@ -273,3 +273,18 @@ def test_whole_chunks_written_as_files_read_back_as_zarr_wrote_them(mnist_npz, t
     for i in range(13):
         key = f"c/{i}/0/0/0"
         assert (tmp_path / "own.zarr" / key).read_bytes() == (tmp_path / "a.zarr" / "train" / "x" / key).read_bytes()
+
+
+def test_a_store_that_would_not_fit_on_the_disk_is_refused_before_any_pixel_is_read(mnist_npz, tmp_path,
+                                                                                   monkeypatch):
+    import imgnorm.outputs
+    from imgnorm.sources import ArraySplit
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(imgnorm.outputs.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=1 << 20))  # 1 MiB free
+    read = []
+    monkeypatch.setattr(ArraySplit, "read", lambda self, *a, **k: read.append(1))
+    r = CliRunner().invoke(cli, ["standardize", str(mnist_npz[0]), "-o", str(tmp_path / "m.zarr")])
+    assert r.exit_code == 1 and "not enough disk space" in r.output and "1.0 MiB free" in r.output, r.output
+    assert read == [] and os.listdir(tmp_path) == ["mnist.npz"]
