@@ -278,3 +278,15 @@ def test_a_cluster_that_cannot_load_the_tasks_is_a_clear_error(cluster, mnist_np
                                                                                 "cancel": lambda self: None})())
         with pytest.raises(cl.SchedulerError, match="environment with this imgnorm"):
             list(ex.map(lambda s, t: t, [1, 2]))
+
+
+def test_unfinished_part_files_of_a_task_that_died_are_dropped_before_commit(tmp_path):
+    from imgnorm.pipeline import _drop_unfinished_parts
+    from imgnorm.store import part_name, write_part
+
+    write_part(str(tmp_path), "train", 0, np.zeros((3, 2), np.float32), chunk_rows=2, filters={})
+    (tmp_path / (part_name("train", 3) + ".123.abcd1234.tmp")).write_bytes(b"half a part")
+    _drop_unfinished_parts(str(tmp_path))
+    assert os.listdir(tmp_path) == [part_name("train", 0)]
+    with h5py.File(tmp_path / part_name("train", 0)) as f:
+        assert f["x"].shape == (3, 2) and f["x"].chunks == (2, 2)
