@@ -290,3 +290,11 @@ def test_unfinished_part_files_of_a_task_that_died_are_dropped_before_commit(tmp
     assert os.listdir(tmp_path) == [part_name("train", 0)]
     with h5py.File(tmp_path / part_name("train", 0)) as f:
         assert f["x"].shape == (3, 2) and f["x"].chunks == (2, 2)
+
+
+def test_a_worker_without_the_clients_folder_says_so():
+    from imgnorm.cluster import _run_in
+    from imgnorm.errors import SourceError
+
+    with pytest.raises(SourceError, match="cannot enter the folder imgnorm runs in"):
+        _run_in("/no/such/folder/anywhere", lambda s, t: None, None, None)
