@@ -67,6 +67,19 @@ def _run_in(cwd: str, fn: Callable, source, task):
     return fn(source, task)
 
 
+def _check_interpreter_runs() -> None:
+    """A LocalCluster's workers are new processes of this Python: refuse at once,
+    saying why, when this user cannot run it (a virtual environment made from a
+    Python inside another user's home), instead of Dask's "Nanny failed to start"."""
+    import multiprocessing.spawn
+
+    exe = os.fsdecode(multiprocessing.spawn.get_executable())
+    if not os.access(exe, os.X_OK):
+        raise SchedulerError(f"--scheduler local cannot start worker processes: this user cannot run the Python "
+                             f"interpreter {exe} (a link into a folder it cannot enter?); use a Python this user "
+                             "can run, a running cluster (tcp://...), or no --scheduler for the built-in pool")
+
+
 def _version() -> str:
     from . import __version__
 
@@ -142,6 +155,9 @@ class DaskExecutor:
             return self
         distributed = _need_dask()
         import dask
+
+        if self.kind == "local":
+            _check_interpreter_runs()
 
         try:
             if self.kind == "local":

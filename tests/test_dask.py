@@ -10,6 +10,7 @@ import builtins
 import json
 import os
 import signal
+import sys
 
 import h5py
 import numpy as np
@@ -298,3 +299,29 @@ def test_a_worker_without_the_clients_folder_says_so():
 
     with pytest.raises(SourceError, match="cannot enter the folder imgnorm runs in"):
         _run_in("/no/such/folder/anywhere", lambda s, t: None, None, None)
+
+
+def test_a_local_cluster_needs_a_python_this_user_can_run(mnist_npz, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if mode == os.X_OK else real_access(p, mode, **k))
+    r = CliRunner().invoke(cli, ["stats", str(mnist_npz[0]), "--scheduler", "local:2"])
+    assert r.exit_code == 1 and "cannot run the Python interpreter" in r.output and "Traceback" not in r.output
+
+
+def test_local_n_as_root_and_as_an_unprivileged_user(user, world_tmp, rng):
+    import subprocess
+
+    from conftest import NOBODY, open_to_all, run_imgnorm
+
+    np.savez(world_tmp / "m.npz", x_train=rng.integers(0, 256, (30, 6, 6), dtype=np.uint8))
+    open_to_all(world_tmp)
+    one = run_imgnorm("stats", world_tmp / "m.npz", "--json", "-q", user=user)
+    r = run_imgnorm("stats", world_tmp / "m.npz", "--json", "-q", "--scheduler", "local:2", user=user)
+    prefix = NOBODY if user == "nobody" else []
+    can_run = subprocess.run([*prefix, sys.executable, "-c", "import os, sys; print(os.access(sys.executable, "
+                              "os.X_OK))"], capture_output=True, text=True).stdout.strip() == "True"
+    if can_run:
+        assert r.returncode == 0 and r.stdout == one.stdout, r.stderr
+    else:  # this environment's Python sits where the user cannot go (a venv made from root's pyenv)
+        assert r.returncode == 1 and "cannot run the Python interpreter" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
