@@ -235,7 +235,7 @@ def cli(debug):
     Reads folders of images (class subfolders, optional train/val/test split
     folders; 8 or 16 bits), .npz files in the Keras mnist.npz layout, .npy
     files, CIFAR-10/100 batches, IDX files (Fashion-MNIST) and single images;
-    writes statistics as JSON and scaled (or whitened) arrays as HDF5.
+    writes statistics as JSON and scaled (or whitened) arrays as HDF5 (or Zarr).
 
     Every option can also come from the environment: IMGNORM_<OPTION> for
     every command (IMGNORM_WORKERS=2), IMGNORM_<COMMAND>_<OPTION> for one.
