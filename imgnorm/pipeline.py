@@ -500,6 +500,8 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
         if doc_out is not None:
             outputs.set_content(doc_out, document_bytes(result["stats"]))
         outputs.commit()
+    if parts is None and not zarr_out:
+        result["warnings"] += _left_parts(out.target)
     result.update(output=output, stats_out=stats_out, bytes=_size_of(out.target),
                   shapes={n: s["shape"] for n, s in plan.summary()["splits"].items()})
     for name, rows in result["rows"].items():  # fewer rows than planned when images were skipped
@@ -547,6 +549,19 @@ def _drop_unfinished_parts(folder: str) -> None:
     for name in os.listdir(folder):
         if not PART.match(name):
             os.unlink(os.path.join(folder, name))
+
+
+def _left_parts(target: str) -> list[str]:
+    """A warning when part files of an earlier cluster run sit beside an HDF5 file
+    now written whole: nothing uses them any more (unless a copy of the old
+    file does), so they are named, not removed."""
+    from .outputs import FOLDERS
+
+    folder = target + ".parts"
+    if not os.path.isdir(folder) or not FOLDERS["parts"][1](folder):
+        return []
+    return [f"{printable(folder)} ({_size_of(folder) / 2**20:.1f} MiB) holds part files of an earlier cluster run; "
+            f"{printable(os.path.basename(target))} no longer uses them: remove the folder to free the space"]
 
 
 def _size_of(path: str) -> int:

@@ -325,3 +325,15 @@ def test_local_n_as_root_and_as_an_unprivileged_user(user, world_tmp, rng):
     else:  # this environment's Python sits where the user cannot go (a venv made from root's pyenv)
         assert r.returncode == 1 and "cannot run the Python interpreter" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_part_files_left_by_an_earlier_cluster_run_are_named_not_removed(cluster, mnist_npz, tmp_path):
+    path = str(mnist_npz[0])
+    out = tmp_path / "m.h5"
+    assert CliRunner().invoke(cli, ["normalize", path, "-o", str(out), "--scheduler", cluster, "-q"]).exit_code == 0
+    parts = sorted(os.listdir(tmp_path / "m.h5.parts"))
+    r = CliRunner().invoke(cli, ["normalize", path, "-o", str(out), "-q", "--force"])  # written whole, here
+    assert r.exit_code == 0 and "m.h5.parts" in r.output and "no longer uses them" in r.output, r.output
+    assert sorted(os.listdir(tmp_path / "m.h5.parts")) == parts
+    with h5py.File(out) as f:
+        assert not f["train/x"].is_virtual
