@@ -294,7 +294,12 @@ def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, 
         if is_cifar_folder(path) or idx_files:
             _arrays_only(path, resize)
             return _open_cifar(path, color, label) if is_cifar_folder(path) else _open_idx(path, idx_files, color)
-        return _open_folder(path, check_color(color or "rgb"), resize, on_error)
+        # Listed in a child process: the listing's transient objects (a few hundred
+        # bytes a file) never become this process's heap, which every decoding
+        # worker forked later would carry (and count) too.
+        from .workers import in_child
+
+        return in_child(_open_folder, path, check_color(color or "rgb"), resize, on_error)
     lower = path.lower()
     if lower.endswith(ARRAY_EXTENSIONS):
         _arrays_only(path, resize)

@@ -126,6 +126,56 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def in_child(fn, *args):
+    """``fn(*args)`` computed in a forked child process and its result (or its
+    exception) returned here, pickled through a pipe.
+
+    For work whose transient memory should never become this process's: the
+    child's heap goes with it, and worker processes forked later do not carry
+    its leftovers. Runs ``fn`` here instead when other threads exist (a fork
+    would copy whatever locks they hold) or fork is unavailable.
+    """
+    import pickle
+
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return fn(*args)
+    parent = os.getpid()
+    r, w = os.pipe()
+    with held():  # not inside fork's at-fork callbacks; the child never leaves (os._exit)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.close(r)
+                _die_with_parent(parent)
+                try:
+                    out = (True, fn(*args))
+                except BaseException as e:  # sent back whole when it pickles, as an ImgnormError otherwise
+                    out = (False, e)
+                with os.fdopen(w, "wb") as pipe:
+                    try:
+                        pickle.dump(out, pipe)
+                    except Exception:
+                        pickle.dump((False, ImgnormError(f"{type(out[1]).__name__}: {out[1]}")), pipe)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as pipe:
+            data = pipe.read()
+    finally:
+        os.waitpid(pid, 0)
+    try:
+        ok, value = pickle.loads(data)
+    except Exception:  # the child died before answering (killed, out of memory)
+        raise ImgnormError("a helper process ended without an answer; run again") from None
+    if not ok:
+        raise value
+    return value
+
+
 class _Pool:
     """Worker processes with one pipe each and results in task order.
 

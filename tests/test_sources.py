@@ -473,3 +473,45 @@ def test_folder_paths_are_held_compactly_and_behave_as_a_list(tmp_path):
     assert pickle.loads(pickle.dumps(pl)) == names  # as it travels to Dask workers
     # one buffer of the paths' bytes and one offset each, not a str object per path
     assert len(pl._blob) == sum(len(os.fsencode(n)) for n in names) and pl._offsets.nbytes == 8 * 1002
+
+
+def test_a_folder_is_listed_in_a_child_process_unless_other_threads_run(tmp_path, rng, monkeypatch):
+    import threading
+
+    from imgnorm import sources
+
+    for i in range(4):
+        write_jpeg(tmp_path / "src" / "train" / ("a" if i % 2 else "b") / f"{i}.jpg", rng)
+    seen = []
+    real = sources._Walk.entries
+    monkeypatch.setattr(sources._Walk, "entries", lambda self, *a: seen.append(os.getpid()) or real(self, *a))
+    src = open_source(tmp_path / "src")
+    assert seen == []  # listed elsewhere: the listing's leftovers never were this process's
+    assert len(src.splits["train"]) == 4 and src.class_names == ["a", "b"]
+    assert list(src.splits["train"].labels) == [0, 0, 1, 1]
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:  # another thread might hold a lock a forked child would need: listed here
+        assert len(open_source(tmp_path / "src").splits["train"]) == 4 and seen and set(seen) == {os.getpid()}
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_what_the_listing_child_raises_or_how_it_dies_reaches_the_caller():
+    from imgnorm.errors import ImgnormError
+    from imgnorm.workers import in_child
+
+    def unpicklable():
+        e = SourceError("cannot list")
+        e.handle = lambda: None  # a lambda does not pickle
+        raise e
+
+    with pytest.raises(SourceError, match="cannot list"):
+        in_child(lambda: (_ for _ in ()).throw(SourceError("cannot list")))
+    with pytest.raises(ImgnormError, match="SourceError: cannot list"):
+        in_child(unpicklable)
+    with pytest.raises(ImgnormError, match="ended without an answer"):
+        in_child(os._exit, 3)
+    assert in_child(sum, [1, 2, 3]) == 6
