@@ -475,43 +475,62 @@ def test_folder_paths_are_held_compactly_and_behave_as_a_list(tmp_path):
     assert len(pl._blob) == sum(len(os.fsencode(n)) for n in names) and pl._offsets.nbytes == 8 * 1002
 
 
-def test_a_folder_is_listed_in_a_child_process_unless_other_threads_run(tmp_path, rng, monkeypatch):
-    import threading
+# Run in a fresh interpreter: the test process has other threads by then (Dask's,
+# earlier tests'), and with other threads alive the listing stays in-process.
+_CHILD_LISTING = r"""
+import os, sys, threading
+from imgnorm import sources
+from imgnorm.errors import ImgnormError, SourceError
+from imgnorm.workers import in_child
 
-    from imgnorm import sources
+seen = []
+real = sources._Walk.entries
+sources._Walk.entries = lambda self, *a: seen.append(os.getpid()) or real(self, *a)
+src = sources.open_source(sys.argv[1])
+assert seen == [], seen  # listed elsewhere: the listing's leftovers never were this process's
+assert len(src.splits["train"]) == 4 and src.class_names == ["a", "b"]
+assert list(src.splits["train"].labels) == [0, 0, 1, 1]
+stop = threading.Event()
+t = threading.Thread(target=stop.wait)
+t.start()
+try:  # another thread might hold a lock a forked child would need: listed here
+    assert len(sources.open_source(sys.argv[1]).splits["train"]) == 4 and set(seen) == {os.getpid()}
+finally:
+    stop.set()
+    t.join()
+
+def raises(fn, *args):
+    try:
+        in_child(fn, *args)
+    except ImgnormError as e:
+        return e
+    raise AssertionError("no error")
+
+def unpicklable():
+    e = SourceError("cannot list")
+    e.handle = lambda: None  # a lambda does not pickle
+    raise e
+
+def plain():
+    raise SourceError("cannot list")
+
+e = raises(plain)
+assert type(e) is SourceError and str(e) == "cannot list", e
+e = raises(unpicklable)
+assert str(e) == "SourceError: cannot list", e
+e = raises(os._exit, 3)
+assert "ended without an answer" in str(e), e
+assert in_child(sum, [1, 2, 3]) == 6
+print("ok")
+"""
+
+
+def test_a_folder_is_listed_in_a_child_process_whose_errors_reach_the_caller(tmp_path, rng):
+    import subprocess
+    import sys
 
     for i in range(4):
         write_jpeg(tmp_path / "src" / "train" / ("a" if i % 2 else "b") / f"{i}.jpg", rng)
-    seen = []
-    real = sources._Walk.entries
-    monkeypatch.setattr(sources._Walk, "entries", lambda self, *a: seen.append(os.getpid()) or real(self, *a))
-    src = open_source(tmp_path / "src")
-    assert seen == []  # listed elsewhere: the listing's leftovers never were this process's
-    assert len(src.splits["train"]) == 4 and src.class_names == ["a", "b"]
-    assert list(src.splits["train"].labels) == [0, 0, 1, 1]
-    stop = threading.Event()
-    t = threading.Thread(target=stop.wait)
-    t.start()
-    try:  # another thread might hold a lock a forked child would need: listed here
-        assert len(open_source(tmp_path / "src").splits["train"]) == 4 and seen and set(seen) == {os.getpid()}
-    finally:
-        stop.set()
-        t.join()
-
-
-def test_what_the_listing_child_raises_or_how_it_dies_reaches_the_caller():
-    from imgnorm.errors import ImgnormError
-    from imgnorm.workers import in_child
-
-    def unpicklable():
-        e = SourceError("cannot list")
-        e.handle = lambda: None  # a lambda does not pickle
-        raise e
-
-    with pytest.raises(SourceError, match="cannot list"):
-        in_child(lambda: (_ for _ in ()).throw(SourceError("cannot list")))
-    with pytest.raises(ImgnormError, match="SourceError: cannot list"):
-        in_child(unpicklable)
-    with pytest.raises(ImgnormError, match="ended without an answer"):
-        in_child(os._exit, 3)
-    assert in_child(sum, [1, 2, 3]) == 6
+    r = subprocess.run([sys.executable, "-c", _CHILD_LISTING, str(tmp_path / "src")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
