@@ -2,7 +2,7 @@
 
 The data path: :mod:`imgnorm.sources` (readers) -> :mod:`imgnorm.stats`
 (running statistics) -> :mod:`imgnorm.transforms` (the :class:`Scaler`) ->
-:mod:`imgnorm.store` (HDF5), joined by :mod:`imgnorm.pipeline` (plan, fit,
+:mod:`imgnorm.store` (HDF5; :mod:`imgnorm.zarr_store` Zarr), joined by :mod:`imgnorm.pipeline` (plan, fit,
 write, as tasks over shards of a source); :mod:`imgnorm.whiten` fits and
 applies ZCA / PCA whitening on the same stages.
 """
@@ -23,7 +23,8 @@ _EXPORTS = {
     "RunningStats": "stats", "stats_document": "stats", "merge_documents": "stats",
     "read_stats_document": "stats", "write_stats_document": "stats", "check_stats_document": "stats",
     "ImgnormError": "errors", "SourceError": "errors", "ImageError": "errors", "DataError": "errors",
-    "StatsFileError": "errors", "OutputError": "errors", "OptionError": "errors", "ImgnormWarning": "errors",
+    "StatsFileError": "errors", "OutputError": "errors", "OptionError": "errors", "MissingExtraError": "errors",
+    "ImgnormWarning": "errors",
 }
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
     "stats_document", "merge_documents", "read_stats_document", "write_stats_document", "check_stats_document",
     # errors
     "ImgnormError", "SourceError", "ImageError", "DataError", "StatsFileError", "OutputError", "OptionError",
-    "ImgnormWarning",
+    "MissingExtraError", "ImgnormWarning",
 ]
 
 

@@ -25,7 +25,7 @@ import sys
 from functools import partial
 from typing import Callable, Iterable, Iterator
 
-from .errors import ImgnormError, OptionError
+from .errors import ImgnormError, MissingExtraError, OptionError
 
 EXTRA = "pip install 'imgnorm[dask]'"
 CONNECT_TIMEOUT = 10  # seconds; dask's own default is 30
@@ -120,8 +120,8 @@ def _need_dask():
         import distributed  # noqa: F401
         return distributed
     except ImportError:
-        raise OptionError(f"--scheduler runs on Dask, which is not installed: {EXTRA}", option="--scheduler") \
-            from None
+        raise MissingExtraError(f"--scheduler runs on Dask, which is not installed: {EXTRA}",
+                                option="--scheduler") from None
 
 
 class DaskExecutor:

@@ -116,7 +116,7 @@ def is_wide_colour(im: Image.Image) -> bool:
 def probe_dtype(path: str) -> np.dtype:
     """uint16 for an image of more than 8 bits a sample, else uint8, from its header.
 
-    Raises :class:`imgnorm.decode16.MissingExtraError` at once when reading
+    Raises :class:`imgnorm.errors.MissingExtraError` at once when reading
     the file will need the ``imgnorm[16bit]`` extra and it is missing.
     """
     with _open(path) as im:

@@ -28,13 +28,9 @@ import re
 
 import numpy as np
 
-from .errors import ImageError, OptionError
+from .errors import ImageError, MissingExtraError, OptionError
 
 EXTRA = "pip install 'imgnorm[16bit]'"
-
-
-class MissingExtraError(OptionError):
-    """An optional extra that this input needs is not installed (exit code 2)."""
 
 
 def _need(module: str, fmt: str, path: str):

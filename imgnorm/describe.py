@@ -10,7 +10,7 @@ import importlib.util
 import os
 from collections import Counter
 
-from .errors import ImageError, OptionError, SourceError, printable
+from .errors import ImageError, MissingExtraError, OptionError, SourceError, printable
 from .outputs import OutputSet
 
 HDF5_EXTENSIONS = (".h5", ".hdf5")
@@ -41,8 +41,8 @@ def inspect_path(path: str, *, color: str | None = None, plot: str | None = None
         plot_out = outputs.add(plot, "--plot", what="the plot") if plot is not None else None
         fmt = report.plot_format(plot) if plot is not None else None
         if plot is not None and importlib.util.find_spec("matplotlib") is None:
-            raise OptionError("--plot draws with matplotlib, which is not installed: pip install 'imgnorm[plot]'",
-                              option="--plot")
+            raise MissingExtraError("--plot draws with matplotlib, which is not installed: pip install "
+                                    "'imgnorm[plot]'", option="--plot")
         if kind == "hdf5":
             facts = describe_h5(path, show_progress=show_progress)
             text = report.format_h5(facts)

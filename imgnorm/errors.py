@@ -52,6 +52,11 @@ class OptionError(ImgnormError):
         return (type(self), (str(self), self.option))
 
 
+class MissingExtraError(OptionError):
+    """An optional extra that the input, output or option needs is not installed
+    (exit code 2); the message names the extra (``pip install 'imgnorm[...]'``)."""
+
+
 def show_path(path: str | os.PathLike) -> str:
     """A path for messages: bytes that are not UTF-8 shown as ``\\xNN`` escapes."""
     return printable(os.fspath(path))

@@ -261,12 +261,12 @@ def _draw(panels: list, title: str, fmt: str) -> bytes:
     names, x label) each."""
     import io
 
-    from .errors import OptionError
+    from .errors import MissingExtraError
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise OptionError("--plot draws with matplotlib, which is not installed: pip install 'imgnorm[plot]'",
-                          option="--plot") from None
+        raise MissingExtraError("--plot draws with matplotlib, which is not installed: pip install "
+                                "'imgnorm[plot]'", option="--plot") from None
     fig = Figure(figsize=(8, 2.8 * max(1, len(panels))), layout="constrained")
     axes = fig.subplots(max(1, len(panels)), 1, squeeze=False)[:, 0]
     for ax, (name, edges, counts, labels, xlabel) in zip(axes, panels):

@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from .errors import OptionError, SourceError, show_path
+from .errors import MissingExtraError, OptionError, SourceError, show_path
 from .outputs import reserve
 from .store import _JSON_ATTRS, SplitWriter, _Appender, _checked_attr, chunk_rows
 from .transforms import COMPRESSIONS, LAYOUTS
@@ -41,8 +41,6 @@ def check_zarr_installed() -> None:
     import importlib.util
 
     if importlib.util.find_spec("zarr") is None:
-        from .decode16 import MissingExtraError
-
         raise MissingExtraError(f"a .zarr output needs zarr, which is not installed: {EXTRA}")
 
 
@@ -51,8 +49,6 @@ def need_zarr():
     try:
         import zarr
     except ImportError:
-        from .decode16 import MissingExtraError
-
         raise MissingExtraError(f"a .zarr output needs zarr, which is not installed: {EXTRA}") from None
     return zarr
 

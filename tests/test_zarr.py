@@ -288,3 +288,23 @@ def test_a_store_that_would_not_fit_on_the_disk_is_refused_before_any_pixel_is_r
     r = CliRunner().invoke(cli, ["standardize", str(mnist_npz[0]), "-o", str(tmp_path / "m.zarr")])
     assert r.exit_code == 1 and "not enough disk space" in r.output and "1.0 MiB free" in r.output, r.output
     assert read == [] and os.listdir(tmp_path) == ["mnist.npz"]
+
+
+def test_every_missing_extra_is_one_error_class(mnist_npz, tmp_path, monkeypatch):
+    import importlib.util
+
+    from imgnorm.cluster import _need_dask
+    from imgnorm.decode16 import MissingExtraError as from_decode16
+
+    assert from_decode16 is imgnorm.MissingExtraError and issubclass(imgnorm.MissingExtraError,
+                                                                      imgnorm.OptionError)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "zarr" else
+                        real_find_spec(name, *a))
+    with pytest.raises(imgnorm.MissingExtraError, match=r"imgnorm\[zarr\]"):
+        transform_to_hdf5(imgnorm.open_source(mnist_npz[0]), str(tmp_path / "m.zarr"))
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.split(".")[0] == "distributed" else real_import(name, *a, **k))
+    with pytest.raises(imgnorm.MissingExtraError, match=r"imgnorm\[dask\]"):
+        _need_dask()
