@@ -224,6 +224,7 @@ def test_idx_folder_reads_as_keras_fashion_mnist(fashion):
     root, arrays = fashion
     src = open_source(root)
     assert src.kind == "idx" and list(src.splits) == ["train", "test"]
+    assert src.class_names is None  # IDX files carry none
     for split, prefix in (("train", "train"), ("test", "t10k")):
         x, y = _keras_fashion(root, prefix)
         for bs in (1, 5, 100):
