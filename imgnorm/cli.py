@@ -356,8 +356,6 @@ def _scaler(method: str, opts: dict, method_opts: dict, channel_order: str):
 
 def _run_transform(method, source, opts, **method_opts):
     from .pipeline import transform_to_hdf5
-    from .report import format_plan
-    from .stats import document_json
 
     if opts["compression"] == "lzf":
         emit("warning: --compression lzf is read only by h5py (not by h5dump, PyTables, MATLAB or other HDF5 "
@@ -369,16 +367,26 @@ def _run_transform(method, source, opts, **method_opts):
     result = transform_to_hdf5(src, opts.pop("output"), scaler, splits=[split] if split else None,
                                show_progress=show, inputs={"--stats": stats_path}, dry_run=dry_run,
                                executor=_executor(src, opts, show), **opts)
+    _report_write(src, result, as_json=as_json, dry_run=dry_run, show=show,
+                  summary=lambda: _summary(result, method), what=method)
+
+
+def _report_write(src, result: dict, *, as_json: bool, dry_run: bool, show, summary, what: str) -> None:
+    """What a write command prints: the plan (``--dry-run``), or its warnings, the
+    images left out, and the ``--json`` summary (``summary()``) or a line on stderr."""
+    from .report import format_plan
+    from .stats import document_json
+
     if dry_run:
         return emit(document_json(result) if as_json else format_plan(result))
     for w in result["warnings"]:
         emit(f"warning: {w}", err=True)
     _report_skipped(src, result["stats"])
     if as_json:
-        emit(document_json(_summary(result, method)), committed=True)
+        emit(document_json(summary()), committed=True)
     elif show != "none":
         rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
-        emit(f"wrote {result['output']}: {rows} images ({method})", err=True)
+        emit(f"wrote {result['output']}: {rows} images ({what})", err=True)
 
 
 def _summary(result: dict, method: str) -> dict:
@@ -501,7 +509,6 @@ def whiten(source, zca, epsilon, keras, standardize, components, unit, precision
       imgnorm whiten new_images/ --size 32 --fit zca.npz -o new.h5
       imgnorm whiten data/photos --size 32 --pca --components 100 -o pca.h5
     """
-    from .stats import document_json
     from .whiten import Whitener, whiten_to_hdf5
 
     whitener = None
@@ -513,23 +520,18 @@ def whiten(source, zca, epsilon, keras, standardize, components, unit, precision
     show = _show_progress(opts)
     result = whiten_to_hdf5(src, opts.pop("output"), whitener, fit=fit_file, splits=[split] if split else None,
                             show_progress=show, dry_run=dry_run, executor=_executor(src, opts, show), **opts)
-    if dry_run:
-        from .report import format_plan
-        return emit(document_json(result) if as_json else format_plan(result))
-    for w in result["warnings"]:
-        emit(f"warning: {w}", err=True)
-    _report_skipped(src, result["stats"])
-    if as_json:
-        o = result["options"]
-        emit(document_json({"output": result["output"], "bytes": result["bytes"], "stats_out": result["stats_out"],
-                            "method": "whiten", "whitening": o["method"], "epsilon": o["epsilon"],
-                            "keras": o["keras"], "fit_split": o["fit_split"], "fitted_on": o["fitted_on"],
-                            "splits": {n: {"images": result["rows"][n], "shape": result["shapes"][n]}
-                                       for n in result["rows"]}, "dtype": o["dtype"],
-                            "skipped": len(result["skipped"]), "warnings": result["warnings"]}), committed=True)
-    elif show != "none":
-        rows = ", ".join(f"{k} {v}" for k, v in result["rows"].items())
-        emit(f"wrote {result['output']}: {rows} images ({result['options']['method']} whitening)", err=True)
+    _report_write(src, result, as_json=as_json, dry_run=dry_run, show=show, summary=lambda: _whiten_summary(result),
+                  what=f"{result.get('options', {}).get('method')} whitening")
+
+
+def _whiten_summary(result: dict) -> dict:
+    """What ``whiten`` prints with --json."""
+    o = result["options"]
+    return {"output": result["output"], "bytes": result["bytes"], "stats_out": result["stats_out"],
+            "method": "whiten", "whitening": o["method"], "epsilon": o["epsilon"], "keras": o["keras"],
+            "fit_split": o["fit_split"], "fitted_on": o["fitted_on"],
+            "splits": {n: {"images": result["rows"][n], "shape": result["shapes"][n]} for n in result["rows"]},
+            "dtype": o["dtype"], "skipped": len(result["skipped"]), "warnings": result["warnings"]}
 
 
 @cli.command(short_help="Describe an imgnorm HDF5 file or Zarr store, a stats document or a source.")

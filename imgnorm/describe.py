@@ -74,7 +74,7 @@ def describe_h5(path: str, *, show_progress: bool = False) -> dict:
     """What :func:`imgnorm.store.read_h5_info` says, plus the statistics of the
     stored values per split (``check``), recomputed by streaming."""
     from .pipeline import stored_stats
-    from .store import check_output, read_output_info
+    from .readback import check_output, read_output_info
 
     info = read_output_info(path)
     info["missing"] = check_output(info["path"])

@@ -69,12 +69,12 @@ def _is_zarr_store(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "zarr.json"))
 
 
-_PART = re.compile(r"^[^/]+\.\d{10}\.h5$")  # as imgnorm.store.PART (not imported: h5py)
+PART = re.compile(r"^[^/]+\.\d{10}\.h5$")  # a committed part file's name (imgnorm.store.part_name)
 
 
 def _is_parts_folder(path: str) -> bool:
     try:
-        return all(_PART.match(n) for n in os.listdir(path))
+        return all(PART.match(n) for n in os.listdir(path))
     except OSError:
         return False
 
@@ -272,9 +272,9 @@ class OutputSet:
             free = shutil.disk_usage(os.path.dirname(first)).free
             if e.errno in (errno.ENOSPC, errno.EFBIG):
                 why = "not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit"
-                parts = ", ".join(f"{_human(n)} for {self._label(p)}" for p, n in sizes.items())
+                parts = ", ".join(f"{human_bytes(n)} for {self._label(p)}" for p, n in sizes.items())
                 raise OutputError(f"{show_path(self.outputs[0].path)}: cannot write ({why}: the run needs up to "
-                                  f"{_human(sum(sizes.values()))} ({parts}), {_human(free)} free); nothing was "
+                                  f"{human_bytes(sum(sizes.values()))} ({parts}), {human_bytes(free)} free); nothing was "
                                   "written") from None
             raise OutputError(f"{show_path(first)}: cannot reserve disk space ({e.strerror or e})") from None
 
@@ -296,7 +296,7 @@ class OutputSet:
                 if os.fstat(out._fd).st_size != len(data):
                     raise OSError(errno.EIO, "short write")
             except OSError as e:
-                raise _write_error(out, e) from None
+                raise write_error(out, e) from None
 
     def commit(self) -> None:
         """Put every output in place, or none of them.
@@ -350,7 +350,7 @@ class OutputSet:
         except OSError as e:
             if backup:
                 _unlink(backup)
-            raise _write_error(out, e) from None
+            raise write_error(out, e) from None
         out.tmp = None
         return backup
 
@@ -371,7 +371,7 @@ class OutputSet:
                 _exchange(out.tmp, out.target)
                 os.rename(out.tmp, backup)  # the old store, removed once every output is in place
             except OSError as e:
-                raise _write_error(out, e) from None
+                raise write_error(out, e) from None
             out.tmp = None
             return backup
         return self._into_free_name(out)
@@ -384,7 +384,7 @@ class OutputSet:
             raise OutputError(f"{show_path(out.path)} appeared while imgnorm was running; it was not "
                               "replaced (pass --force to replace it); nothing was written") from None
         except OSError as e:
-            raise _write_error(out, e) from None
+            raise write_error(out, e) from None
         out.tmp = None
         return None
 
@@ -402,7 +402,7 @@ class OutputSet:
             if out.target == "-":
                 raise OutputError(f"cannot write to standard output ({e.strerror or e}); check where it is "
                                   "redirected") from None
-            raise _write_error(out, e) from None
+            raise write_error(out, e) from None
 
     def close(self) -> None:
         """Remove every temporary file that is left and let go of the locks."""
@@ -564,7 +564,8 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _write_error(out: Output, e: OSError) -> OutputError:
+def write_error(out: Output, e: OSError) -> OutputError:
+    """The error of a failed write of ``out`` (disk full, quota, a lost mount): nothing was written."""
     return OutputError(f"{show_path(out.path)}: cannot write ({describe_os_error(e)}); nothing was written")
 
 
@@ -591,8 +592,8 @@ def reserve(path: str, nbytes: int) -> None:
     if os.path.isdir(path):  # a directory output: no blocks to reserve, the free space is checked
         free = shutil.disk_usage(path).free
         if free < nbytes:
-            raise OSError(errno.ENOSPC, f"not enough disk space: the output needs up to {_human(nbytes)}, "
-                                        f"{_human(free)} free")
+            raise OSError(errno.ENOSPC, f"not enough disk space: the output needs up to {human_bytes(nbytes)}, "
+                                        f"{human_bytes(free)} free")
         return
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -602,15 +603,16 @@ def reserve(path: str, nbytes: int) -> None:
             os.ftruncate(fd, 0)  # a partial allocation would hold the disk full
             free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
             why = ("not enough disk space" if e.errno == errno.ENOSPC else "over the file size limit")
-            raise OSError(e.errno, f"{why}: the output needs up to {_human(nbytes)}, "
-                                   f"{_human(free)} free") from None
+            raise OSError(e.errno, f"{why}: the output needs up to {human_bytes(nbytes)}, "
+                                   f"{human_bytes(free)} free") from None
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: go on unreserved
             raise
     finally:
         os.close(fd)
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """A size for people: bytes, KiB, MiB, GiB or TiB."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"

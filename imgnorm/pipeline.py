@@ -20,11 +20,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import ImageError, OptionError, OutputError, SourceError, StatsFileError, printable
-from .outputs import OutputSet, describe_os_error, is_zarr
+from .errors import ImageError, OptionError, SourceError, StatsFileError, printable
+from .outputs import PART, OutputSet, human_bytes, is_zarr, write_error
 from .sources import Batch, Source, Split
 from .stats import RunningStats, document_bytes, stats_document
-from .transforms import LAYOUTS, COMPRESSIONS, Scaler, check_writable_dtype, need_max_value
+from .formats import check_layout_and_compression
+from .transforms import Scaler, check_writable_dtype, need_max_value
 from .workers import LocalExecutor, ahead, progress
 
 DEFAULT_BATCH_SIZE = None  # automatic: see batch_rows()
@@ -273,6 +274,11 @@ class WritePlan:
     max_value: float | None = None
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def read(self) -> list[str]:
+        """The splits read: those written, and the fit split."""
+        return list(dict.fromkeys(self.names + ([self.fit_split] if self.fit else [])))
+
     def rows(self, name: str) -> int:
         """Images per batch when writing split ``name``: whole output chunks."""
         return batch_rows(self.source.splits[name], self.batch_size, self.shapes[name], self.dtype.itemsize)
@@ -331,11 +337,7 @@ def plan_write(source: Source, scaler: Scaler, *, splits: list[str] | None = Non
     Reads image headers (to know the output's shapes and size), never pixels.
     """
     out_dtype = check_writable_dtype(dtype)
-    if layout not in LAYOUTS:
-        raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}", option="--layout")
-    if compression not in COMPRESSIONS:
-        raise OptionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
-                          option="--compression")
+    check_layout_and_compression(layout, compression)
     names = [source.split(s).name for s in splits] if splits else list(source.splits)
     fit_name = source.split(fit_split).name if fit_split else source.fit_split
     loaded = scaler._doc is not None or scaler._constants is not None
@@ -469,44 +471,50 @@ def transform_to_hdf5(source: Source, output: str, scaler: Scaler | str = "stand
     """
     scaler = scaler if isinstance(scaler, Scaler) else Scaler(scaler)
     zarr_out = is_zarr(output)
-    if zarr_out:
-        from .zarr_store import check_zarr_installed
-
-        check_zarr_installed()  # before anything is made: a missing extra is a usage error
-        if compression == "lzf":
-            raise OptionError("lzf is an HDF5 filter; a Zarr store takes --compression gzip or none",
-                              option="--compression")
     with OutputSet(force, inputs={"SOURCE": source.path, **(inputs or {})}, dry_run=dry_run) as outputs:
-        out = outputs.add(output, "-o", seekable=True, directory="zarr" if zarr_out else None,
-                          what="the Zarr store" if zarr_out else "HDF5 output")
-        # On a cluster, an HDF5 output's images are part files written by the
-        # workers beside it (OUT.h5.parts/), joined in OUT.h5 as virtual datasets.
-        parts = outputs.add(out.target + ".parts", "-o", directory="parts", what="the part files") \
-            if not zarr_out and not dry_run and executor is not None and \
-            getattr(executor, "writes_in_place", False) and on_error == "fail" else None
+        out, parts = _add_output(outputs, output, zarr_out, compression,
+                                 parts=not dry_run and _in_place(executor, on_error))
         doc_out = outputs.add(stats_out, "--stats-out", what="the stats document") if stats_out is not None else None
         plan = plan_write(source, scaler, splits=splits, fit_split=fit_split, dtype=dtype, layout=layout,
                           compression=compression, batch_size=batch_size, on_error=on_error,
                           force_stats=force_stats)
         if dry_run:
             return {"output": output, "stats_out": stats_out, "dry_run": True, **plan.summary()}
-        read = list(dict.fromkeys(plan.names + ([plan.fit_split] if plan.fit else [])))
-        with executor or _executor(source, read, workers, batch_size) as ex:
+        with executor or _executor(source, plan.read, workers, batch_size) as ex:
             try:
                 result = _run_write(plan, scaler, ex, outputs, out, show_progress, parts)
             except OSError as e:  # the output or its pixel cache: a full disk, a quota, a lost mount
-                raise OutputError(f"{printable(output)}: cannot write ({describe_os_error(e)}); nothing was "
-                                  "written") from None
+                raise write_error(out, e) from None
         if doc_out is not None:
             outputs.set_content(doc_out, document_bytes(result["stats"]))
         outputs.commit()
     if parts is None and not zarr_out:
         result["warnings"] += _left_parts(out.target)
-    result.update(output=output, stats_out=stats_out, bytes=_size_of(out.target),
-                  shapes={n: s["shape"] for n, s in plan.summary()["splits"].items()})
-    for name, rows in result["rows"].items():  # fewer rows than planned when images were skipped
+    return _described(result, plan, out.target, output=output, stats_out=stats_out)
+
+
+def _described(result: dict, plan: WritePlan, target: str, **names) -> dict:
+    """The result with the output's names, size and the shapes written (fewer
+    rows than planned where images were skipped)."""
+    result.update(names, bytes=_size_of(target), shapes={n: s["shape"] for n, s in plan.summary()["splits"].items()})
+    for name, rows in result["rows"].items():
         result["shapes"][name][0] = rows
     return result
+
+
+def _add_output(outputs: OutputSet, output: str, zarr_out: bool, compression: str, parts: bool):
+    """The output (a file, or a Zarr store's folder) and, where the workers write
+    an HDF5 file's images (``parts``), the folder of part files beside it
+    (OUT.h5.parts/, joined in OUT.h5 as virtual datasets): ``(out, parts or None)``."""
+    if zarr_out:  # usage errors, found before anything is made
+        from .zarr_store import check_zarr_output
+
+        check_zarr_output(compression)
+    out = outputs.add(output, "-o", seekable=True, directory="zarr" if zarr_out else None,
+                      what="the Zarr store" if zarr_out else "HDF5 output")
+    if not parts or zarr_out:
+        return out, None
+    return out, outputs.add(out.target + ".parts", "-o", directory="parts", what="the part files")
 
 
 def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, show_progress: bool,
@@ -544,8 +552,6 @@ def _run_write(plan: WritePlan, scaler: Scaler, ex, outputs: OutputSet, out, sho
 
 def _drop_unfinished_parts(folder: str) -> None:
     """Remove the temporaries of part files whose task died (it ran again and wrote its part)."""
-    from .store import PART
-
     for name in os.listdir(folder):
         if not PART.match(name):
             os.unlink(os.path.join(folder, name))
@@ -560,7 +566,7 @@ def _left_parts(target: str) -> list[str]:
     folder = target + ".parts"
     if not os.path.isdir(folder) or not FOLDERS["parts"][1](folder):
         return []
-    return [f"{printable(folder)} ({_size_of(folder) / 2**20:.1f} MiB) holds part files of an earlier cluster run; "
+    return [f"{printable(folder)} ({human_bytes(_size_of(folder))}) holds part files of an earlier cluster run; "
             f"{printable(os.path.basename(target))} no longer uses them: remove the folder to free the space"]
 
 
@@ -728,11 +734,11 @@ def _write_split_in_place(plan: WritePlan, scaler: Scaler, ex, writer, name: str
     state.results[name] = rs
 
 
-def _in_place(ex, plan: WritePlan) -> bool:
+def _in_place(ex, on_error: str) -> bool:
     """Whether the executor's workers write the output themselves: on a cluster,
     unless ``--on-error skip`` (the rows an image lands in are not known before
     it is read, so the pixels come back and this process writes them)."""
-    return getattr(ex, "writes_in_place", False) and plan.on_error == "fail"
+    return getattr(ex, "writes_in_place", False) and on_error == "fail"
 
 
 def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: "PixelCache",
@@ -743,7 +749,7 @@ def _write_split(plan: WritePlan, scaler: Scaler, ex, writer, name: str, cache: 
     writer.create_split(name, len(split), scaler.output_shape(shape),
                         labels_dtype=split.labels.dtype if split.labels is not None else None,
                         files=[stored(f) for f in split.files] if split.files is not None else None)
-    if getattr(writer, "parts", True) and _in_place(ex, plan):
+    if getattr(writer, "parts", True) and _in_place(ex, plan.on_error):
         # On a cluster the workers write the store's chunks (or HDF5 part files).
         return _write_split_in_place(plan, scaler, ex, writer, name, cache, state, show_progress)
     fresh = name not in state.results
@@ -828,7 +834,7 @@ def _options_attr(plan: WritePlan, scaler: Scaler, scaling) -> dict:
 
 def _stored_blocks(info: dict, name: str):
     """``/<name>/x`` of an imgnorm HDF5 file in (n, height, width, channels) blocks."""
-    from .store import iter_stored
+    from .readback import iter_stored
 
     layout = info["attrs"].get("options", {}).get("layout", "nhwc")
     for block in iter_stored(info["path"], name):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .outputs import human_bytes
+
 
 def channel_names(color: str, channels: int) -> list[str]:
     if color == "rgb" and channels == 3:
@@ -84,7 +86,7 @@ def format_plan(plan: dict) -> str:
     """What ``--dry-run`` prints: the outputs, splits, counts, shapes and sizes of a run not made."""
     lines = ["dry run: nothing was read or written"]
     if plan.get("output"):
-        lines.append(f"output: {plan['output']}" + (f"  (at most {_bytes(plan['max_bytes'])})"
+        lines.append(f"output: {plan['output']}" + (f"  (at most {human_bytes(plan['max_bytes'])})"
                                                     if "max_bytes" in plan else ""))
     if plan.get("stats_out"):
         lines.append(f"stats document: {plan['stats_out']}")
@@ -94,17 +96,9 @@ def format_plan(plan: dict) -> str:
     if "fits" in plan:
         fit = plan["fit_split"]
         lines.append(f"statistics: {'fitted on split ' + fit if plan['fits'] else 'given' if fit else 'per image'}"
-                     + (f"; decoded pixels kept between passes: {_bytes(plan['pixel_cache_bytes'])}"
+                     + (f"; decoded pixels kept between passes: {human_bytes(plan['pixel_cache_bytes'])}"
                         if plan.get("pixel_cache_bytes") else ""))
     return "\n".join(lines)
-
-
-def _bytes(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # ---------------------------------------------------------------- inspect

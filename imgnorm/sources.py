@@ -264,15 +264,19 @@ def open_source(path: str | os.PathLike, *, color: str | None = None,
     if label is not None and src.kind != "cifar100":
         raise OptionError(f"--label chooses CIFAR-100's fine or coarse labels; {path} is a {src.kind} source",
                           option="--label")
+    _set_channel_order(src, channel_order)
+    src.given_name = name
+    return src
+
+
+def _set_channel_order(src: Source, channel_order: str) -> None:
     if channel_order == "bgr":
         if src.channels != 3:
-            raise OptionError(f"--channel-order bgr reverses three colour channels; {path} is read with "
+            raise OptionError(f"--channel-order bgr reverses three colour channels; {src.path} is read with "
                               f"{src.channels}", option="--channel-order")
         for split in src.splits.values():
             split.bgr = True
     src.channel_order = channel_order
-    src.given_name = name
-    return src
 
 
 def _open(path: str, color, size, resize_mode, interpolation, pad_value, draft, on_error, label=None) -> Source:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import h5py
 import numpy as np
 
-from .errors import OptionError, SourceError, StatsFileError, show_path
+from .errors import SourceError, StatsFileError, show_path
 from .outputs import reserve
-from .transforms import COMPRESSIONS, LAYOUTS, METHODS
+from .formats import LAYOUTS, METHODS, check_layout_and_compression
 CHUNK_BYTES = 1 << 20  # HDF5's chunk cache default; chunks of about 1 MiB read and write well
 CHUNK_CACHE_BYTES = 2 << 20
 
@@ -69,11 +68,7 @@ class H5Writer(SplitWriter):
 
     def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none",
                  reserve_bytes: int = 0, parts: tuple[str, str] | None = None):
-        if layout not in LAYOUTS:
-            raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}", option="--layout")
-        if compression not in COMPRESSIONS:
-            raise OptionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
-                              option="--compression")
+        check_layout_and_compression(layout, compression)
         self.path = path
         self.dtype = np.dtype(dtype)
         self.layout = layout
@@ -185,11 +180,8 @@ class H5Writer(SplitWriter):
         except Exception:
             pass
 
-PART = re.compile(r"^[^/]+\.\d{10}\.h5$")  # a committed part file's name
-
-
 def part_name(split: str, start: int) -> str:
-    """The part file holding rows ``start:`` of ``split``."""
+    """The part file holding rows ``start:`` of ``split`` (matched by :data:`imgnorm.outputs.PART`)."""
     return f"{split}.{start:010d}.h5"
 
 
@@ -326,17 +318,22 @@ def _files_dataset(g, n: int, names: list[str]):
     """
     raw = [os.fsencode(f) for f in names]
     length = max([len(b) for b in raw] + [1])
-    try:
-        for b in raw:
-            b.decode("utf-8")
-        encoding = "utf-8"
-    except UnicodeDecodeError:
-        encoding = "bytes"
+    encoding = "utf-8" if all_utf8(raw) else "bytes"
     dtype = h5py.string_dtype("utf-8" if encoding == "utf-8" else "ascii", length)
     d = g.create_dataset("files", shape=(n,), maxshape=(None,), dtype=dtype,
                          chunks=(max(1, min(n, max(1, (1 << 20) // length))),))
     d.attrs["encoding"] = encoding
     return d
+
+
+def all_utf8(raw: list[bytes]) -> bool:
+    """Whether every file name (the file system's bytes) is valid UTF-8."""
+    try:
+        for b in raw:
+            b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def trim_to_eoa(path: str) -> None:
@@ -511,58 +508,40 @@ def _split_info(path: str, name: str, g, layout: str) -> dict:
          "compression": x.compression or "none"}
     if x.is_virtual:  # joined from part files written by a cluster's workers
         s["parts"] = len(x.virtual_sources())
+    return {**s, **labels_and_names(path, f"/{name}", g, x.shape[0])}
+
+
+def labels_and_names(path: str, where: str, g, n: int) -> dict:
+    """A written split's label counts and number of file names (HDF5 group or
+    Zarr group ``g`` at ``where``, ``n`` images), its ``y`` checked."""
+    s = {}
     if "y" in g:
         y = g["y"]
-        if not isinstance(y, h5py.Dataset) or y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != x.shape[0]:
-            raise SourceError(f"{show_path(path)}: /{name}/y is not one integer label per image")
-        counts: dict[int, int] = {}
-        for i in range(0, len(y), 1 << 20):  # in blocks: labels of millions of images stay small
-            for k, v in zip(*np.unique(y[i:i + (1 << 20)], return_counts=True)):
-                counts[int(k)] = counts.get(int(k), 0) + int(v)
-        s["labels"] = {"dtype": str(y.dtype), "counts": dict(sorted(counts.items()))}
+        if not hasattr(y, "ndim") or y.ndim != 1 or y.dtype.kind not in "iu" or y.shape[0] != n:
+            raise SourceError(f"{show_path(path)}: {where}/y is not one integer label per image")
+        s["labels"] = {"dtype": str(y.dtype), "counts": label_counts(y)}
     if "files" in g:
         s["files"] = int(g["files"].shape[0])
     return s
 
 
-def is_store_dir(path: str) -> bool:
-    """Whether ``path`` is a Zarr store (a folder named .zarr, or one holding zarr.json)."""
-    from .outputs import is_zarr
-
-    return os.path.isdir(path) and (is_zarr(path) or os.path.isfile(os.path.join(path, "zarr.json")))
-
-
-def read_output_info(path: str | os.PathLike) -> dict:
-    """:func:`read_h5_info` of an HDF5 file, or its equal for a Zarr store."""
-    path = os.fspath(path)
-    if is_store_dir(path):
-        from .zarr_store import read_zarr_info
-
-        return read_zarr_info(path)
-    return read_h5_info(path)
-
-
-def check_output(path: str) -> list[str]:
-    """What is missing from a written output (a Zarr store's chunks), one line each; empty when complete."""
-    if is_store_dir(path):
-        from .zarr_store import check_zarr
-
-        return check_zarr(path)
-    return check_parts(path)
-
-
-def iter_stored(path: str, split: str, batch_size: int = 256):
-    """Yield ``/<split>/x`` in (n, ...) blocks, a few chunks at a time."""
-    if os.path.isdir(path):
-        from .zarr_store import iter_zarr
-
-        yield from iter_zarr(path, split, batch_size)
-        return
+def iter_h5(path: str, split: str, batch_size: int = 256):
+    """Yield ``/<split>/x`` of an HDF5 file in (n, ...) blocks, a few chunks at a time."""
     with h5py.File(path, "r", locking=False) as f:
         x = f[split]["x"]
         step = max(batch_size, x.chunks[0] if x.chunks else 1)
         for i in range(0, x.shape[0], step):
             yield x[i:i + step]
+
+
+def label_counts(y) -> dict[int, int]:
+    """Images per label of a stored ``y`` (HDF5 or Zarr), read in blocks: the
+    labels of millions of images stay small."""
+    counts: dict[int, int] = {}
+    for i in range(0, y.shape[0], 1 << 20):
+        for k, v in zip(*np.unique(y[i:i + (1 << 20)], return_counts=True)):
+            counts[int(k)] = counts.get(int(k), 0) + int(v)
+    return dict(sorted(counts.items()))
 
 
 def chunk_rows(n: int, image_shape: tuple[int, int, int], dtype) -> int:

@@ -14,17 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DataError, OptionError, StatsFileError
+from .formats import METHODS
 
 try:  # the optional C accelerator (see _kernels.c); numpy's take() gives identical results
     from ._kernels import lut_apply as _lut_apply
 except ImportError:  # pragma: no cover - built without a C compiler
     _lut_apply = None
 
-METHODS = ("normalize", "center", "standardize")
 DTYPES = ("float32", "float16", "float64")
-LAYOUTS = ("nhwc", "nchw")  # Keras, PyTorch
 CHANNEL_ORDERS = ("rgb", "bgr")
-COMPRESSIONS = ("none", "gzip", "lzf")
 
 # Channel statistics of ImageNet on the 0-1 scale, as torchvision's models use them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -513,7 +511,7 @@ class Scaler:
         """The Scaler an imgnorm HDF5 file (or Zarr store) was written with (its ``method``,
         ``options`` and ``stats`` attributes): its :meth:`transform` gives new
         images exactly the values the file holds for its own."""
-        from .store import read_output_info
+        from .readback import read_output_info
 
         attrs = read_output_info(path)["attrs"]
         opts = attrs.get("options") or {}

@@ -664,9 +664,8 @@ def whiten_to_hdf5(source, output: str, whitener: Whitener | None = None, *, fit
                            max_value, fitted=fit is not None, force_stats=force_stats)
         if dry_run:
             return {"output": output, "stats_out": stats_out, "dry_run": True, **plan.summary()}
-        read = list(dict.fromkeys(plan.names + ([plan.fit_split] if plan.fit else [])))
-        with executor or _executor(source, read, workers, batch_size) as ex:
-            result = _run_whiten(plan, whitener, ex, outputs, out, show_progress, output, npz_out is not None)
+        with executor or _executor(source, plan.read, workers, batch_size) as ex:
+            result = _run_whiten(plan, whitener, ex, outputs, out, show_progress, npz_out is not None)
         if npz_out is not None:
             outputs.set_content(npz_out, whitener.to_bytes({"read": source.reading(), "source": source.name,
                                                             "fit_split": result["options"]["fit_split"]}))
@@ -679,11 +678,11 @@ def plan_whiten(source, whitener: Whitener, splits, fit_split, dtype, layout, co
                 max_value, *, fitted: bool, force_stats: bool = False):
     """The :class:`imgnorm.pipeline.WritePlan` of a whitening run, checked before any pixel is read."""
     from .pipeline import WritePlan, image_shape
-    from .transforms import COMPRESSIONS, LAYOUTS, check_writable_dtype
+    from .formats import check_layout_and_compression
+    from .transforms import check_writable_dtype
 
     out_dtype = check_writable_dtype(dtype)
-    if layout not in LAYOUTS or compression not in COMPRESSIONS:
-        raise OptionError(f"layout {layout!r} / compression {compression!r} unknown", option="--layout")
+    check_layout_and_compression(layout, compression)
     names = [source.split(s).name for s in splits] if splits else list(source.splits)
     if fitted and fit_split is not None:
         raise OptionError("--fit applies a saved whitening; it cannot take --fit-split", option="--fit-split")
@@ -726,14 +725,13 @@ def _check_saved_fits(source, whitener: Whitener, shape: tuple, force_stats: boo
                                      "or pass --force-stats")
 
 
-def _run_whiten(plan, whitener: Whitener, ex, outputs, out, show_progress, output: str, keep_sums: bool) -> dict:
+def _run_whiten(plan, whitener: Whitener, ex, outputs, out, show_progress, keep_sums: bool) -> dict:
     """Fit (unless loaded), then write every split and the decomposition into ``out.tmp``."""
     from contextlib import ExitStack
 
-    from .outputs import describe_os_error
+    from .outputs import write_error
     from .pipeline import PixelCache, _WriteState, _write_split
     from .store import H5Writer
-    from .errors import OutputError
 
     d = int(np.prod(plan.shapes[plan.names[0]]))
     extra = 2 * d * d * 8 + 4 * d * 8  # /whitening: matrix, eigenvectors, eigenvalues, means
@@ -754,8 +752,7 @@ def _run_whiten(plan, whitener: Whitener, ex, outputs, out, show_progress, outpu
                     raise SourceError(f"{show_path(plan.source.path)}: no image could be read; nothing was written")
                 return _finish_whiten(plan, whitener, writer, state)
     except OSError as e:
-        raise OutputError(f"{show_path(output)}: cannot write ({describe_os_error(e)}); nothing was written") \
-            from None
+        raise write_error(out, e) from None
 
 
 def fit_whitener(plan, whitener: Whitener, ex, cache, skipped: list, show_progress=False):

@@ -28,20 +28,29 @@ import numpy as np
 
 from .errors import MissingExtraError, OptionError, SourceError, show_path
 from .outputs import reserve
-from .store import _JSON_ATTRS, SplitWriter, _Appender, _checked_attr, chunk_rows
-from .transforms import COMPRESSIONS, LAYOUTS
+from .store import _JSON_ATTRS, SplitWriter, _Appender, _checked_attr, all_utf8, chunk_rows, labels_and_names
+from .formats import check_layout_and_compression
 
 EXTRA = "pip install 'imgnorm[zarr]'"
 LABEL_CHUNK = 65536
 
 
-def check_zarr_installed() -> None:
-    """A :class:`MissingExtraError` now if zarr is not installed, without importing it
-    (0.2 s, which the pipeline spends in a thread beside the fit pass instead)."""
+def check_zarr_output(compression: str) -> None:
+    """Usage errors of a .zarr output, raised before anything is made: zarr not
+    installed (a :class:`MissingExtraError`, found without importing zarr: 0.2 s,
+    which the pipeline spends in a thread beside the fit pass instead), or the
+    HDF5-only lzf compression."""
     import importlib.util
 
     if importlib.util.find_spec("zarr") is None:
         raise MissingExtraError(f"a .zarr output needs zarr, which is not installed: {EXTRA}")
+    _refuse_hdf5_only(compression)
+
+
+def _refuse_hdf5_only(compression: str) -> None:
+    if compression == "lzf":
+        raise OptionError("lzf is an HDF5 filter; a Zarr store takes --compression gzip or none",
+                          option="--compression")
 
 
 def need_zarr():
@@ -63,14 +72,8 @@ class ZarrWriter(SplitWriter):
     """Writes splits batch by batch into a Zarr v3 store; the shape of :class:`imgnorm.store.H5Writer`."""
 
     def __init__(self, path: str, *, dtype="float32", layout="nhwc", compression="none", reserve_bytes: int = 0):
-        if layout not in LAYOUTS:
-            raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}", option="--layout")
-        if compression not in COMPRESSIONS:
-            raise OptionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
-                              option="--compression")
-        if compression == "lzf":
-            raise OptionError("lzf is an HDF5 filter; a Zarr store takes --compression gzip or none",
-                              option="--compression")
+        check_layout_and_compression(layout, compression)
+        _refuse_hdf5_only(compression)
         zarr = need_zarr()
         self.zarr = zarr
         self.path = path
@@ -101,13 +104,11 @@ class ZarrWriter(SplitWriter):
                                          config=_array_config())
         if files is not None:
             raw = [os.fsencode(f) for f in files]
-            try:
-                for b in raw:
-                    b.decode("utf-8")
+            if all_utf8(raw):
                 arrays["files"] = g.create_array("files", shape=(n,), chunks=(max(1, min(n, LABEL_CHUNK)),),
                                                  dtype=str, fill_value="", compressors=None, config=_array_config())
                 arrays["files"].attrs["encoding"] = "utf-8"
-            except UnicodeDecodeError:
+            else:
                 # Zarr v3 has no specified fixed-length bytes type: the names' bytes
                 # as rows of uint8, zero-padded (a file name holds no NUL byte).
                 length = max(len(b) for b in raw)
@@ -272,18 +273,7 @@ def _split_info(path: str, name: str, g, layout: str) -> dict:
     codecs = [type(c).__name__ for c in getattr(x, "compressors", ())]
     s = {"shape": list(x.shape), "dtype": str(x.dtype), "chunks": list(x.chunks),
          "compression": "gzip" if "GzipCodec" in codecs else ("none" if not codecs else ",".join(codecs))}
-    if "y" in g:
-        y = g["y"]
-        if y.ndim != 1 or y.dtype.kind not in "iu" or y.shape[0] != x.shape[0]:
-            raise SourceError(f"{show_path(path)}: {name}/y is not one integer label per image")
-        counts: dict[int, int] = {}
-        for i in range(0, y.shape[0], 1 << 20):
-            for k, v in zip(*np.unique(y[i:i + (1 << 20)], return_counts=True)):
-                counts[int(k)] = counts.get(int(k), 0) + int(v)
-        s["labels"] = {"dtype": str(y.dtype), "counts": dict(sorted(counts.items()))}
-    if "files" in g:
-        s["files"] = int(g["files"].shape[0])
-    return s
+    return {**s, **labels_and_names(path, name, g, x.shape[0])}
 
 
 def iter_zarr(path: str, split: str, batch_size: int = 256):

@@ -308,3 +308,13 @@ def test_every_missing_extra_is_one_error_class(mnist_npz, tmp_path, monkeypatch
                         if name.split(".")[0] == "distributed" else real_import(name, *a, **k))
     with pytest.raises(imgnorm.MissingExtraError, match=r"imgnorm\[dask\]"):
         _need_dask()
+
+
+def test_inspect_refuses_a_store_whose_labels_were_changed(mnist_npz, tmp_path):
+    out = tmp_path / "m.zarr"
+    assert CliRunner().invoke(cli, ["normalize", str(mnist_npz[0]), "-o", str(out), "-q"]).exit_code == 0
+    g = zarr.open_group(str(out / "train"), mode="r+")
+    del g["y"]
+    g.create_array("y", shape=(3,), dtype="float32")  # not one integer label per image
+    r = CliRunner().invoke(cli, ["inspect", str(out), "-q"])
+    assert r.exit_code == 1 and "train/y is not one integer label per image" in r.output and "Traceback" not in r.output
