@@ -106,7 +106,15 @@ def main() -> None:
     # By now every output file is closed and renamed into place (or removed)
     # and the worker processes are reaped; what is left is the interpreter
     # freeing numpy's and h5py's modules one object at a time (about 30 ms).
-    # Flush what was printed and leave.
+    # Flush what was printed and leave: after multiprocessing's own exit
+    # handler, when something used it (Dask's forkserver), which removes the
+    # folder of its socket.
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        try:
+            mp_util._exit_function()
+        except Exception:  # a failed clean-up must not change the exit code
+            pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -19,9 +19,13 @@ need the same paths: a shared file system on a real cluster.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import shutil
 import sys
+import tempfile
+import time
 from functools import partial
 from typing import Callable, Iterable, Iterator
 
@@ -38,6 +42,47 @@ AHEAD_PER_WORKER = 4
 # A LocalCluster's workers: no statistical profiler (a thread sampling every
 # task's stack every 10 ms, which costs decoding a third of its speed here).
 WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
+SCRATCH_PREFIX = "imgnorm-dask-"
+STALE_AFTER = 60  # seconds: a scratch folder this old and unlocked is a killed run's
+
+
+def _make_scratch() -> tuple[str, int]:
+    """A LocalCluster's folder for its scheduler's and workers' files, and a descriptor locking it.
+
+    Dask's default (TMPDIR/dask-scratch-space) outlives the run. This one is
+    removed when the cluster closes; one left by a killed run (its lock free)
+    is removed by the next run.
+    """
+    top = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(top) if n.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(top, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or time.time() - st.st_mtime < STALE_AFTER:
+                continue  # another user's, or one just made whose owner has not locked it yet
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner holds the lock: a run in progress
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # no locks here: it is then never taken for stale
+    return path, fd
 
 
 def _prepare_worker() -> None:
@@ -148,6 +193,7 @@ class DaskExecutor:
         self.scheduler = scheduler
         self.show = show
         self.client = self.cluster = self._source = None
+        self._scratch = self._scratch_fd = None  # a LocalCluster's folder (_make_scratch)
 
     def __enter__(self) -> "DaskExecutor":
         self._depth = getattr(self, "_depth", 0) + 1
@@ -169,10 +215,12 @@ class DaskExecutor:
 
                 multiprocessing.get_context("forkserver").set_forkserver_preload(
                     ["imgnorm.pipeline", "imgnorm.decode", "distributed.nanny", "distributed.worker"])
-                with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", **WORKER_CONFIG}):
+                self._scratch, self._scratch_fd = _make_scratch()
+                with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver",
+                                      "temporary-directory": self._scratch, **WORKER_CONFIG}):
                     self.cluster = distributed.LocalCluster(
                         n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                        silence_logs=50, worker_dashboard_address=None)
+                        silence_logs=50, worker_dashboard_address=None, local_directory=self._scratch)
                 self.client = distributed.Client(self.cluster, timeout=CONNECT_TIMEOUT)
             else:
                 with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s"}):
@@ -248,3 +296,7 @@ class DaskExecutor:
                 except Exception:  # closing after a failure: nothing more to do
                     pass
         self.client = self.cluster = self._source = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            os.close(self._scratch_fd)
+            self._scratch = None

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -22,7 +23,7 @@ from imgnorm.cli import cli
 from imgnorm.pipeline import compute_stats, transform_to_hdf5
 from imgnorm.stats import document_bytes
 
-from conftest import write_jpeg
+from conftest import run_imgnorm, write_jpeg
 
 distributed = pytest.importorskip("distributed")
 # Dask's own sockets and dashboards (closed by its threads, on its schedule), not imgnorm's:
@@ -337,3 +338,65 @@ def test_part_files_left_by_an_earlier_cluster_run_are_named_not_removed(cluster
     assert sorted(os.listdir(tmp_path / "m.h5.parts")) == parts
     with h5py.File(out) as f:
         assert not f["train/x"].is_virtual
+
+
+@pytest.mark.parametrize("scheduler", [None, "local:2"])
+def test_a_run_leaves_nothing_in_the_temporary_folder(mnist_npz, tmp_path, scheduler):
+    # multiprocessing's folder for the forkserver's socket and Dask's scratch space
+    # are the run's temporaries too: gone when the command returns
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    extra = ["--scheduler", scheduler] if scheduler else []
+    for args in (["stats", mnist_npz[0], "--json", "-q"], ["normalize", mnist_npz[0], "-o", tmp_path / "m.h5", "-q"]):
+        r = run_imgnorm(*args, *extra, env=env)
+        assert r.returncode == 0, r.stderr
+        assert os.listdir(tmp) == [], args
+
+
+def test_scratch_folders_of_killed_runs_are_removed_by_the_next_one(tmp_path, monkeypatch):
+    import fcntl
+    import tempfile
+    from imgnorm import cluster as cl
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old = time.time() - 2 * cl.STALE_AFTER
+    for name in ("imgnorm-dask-dead", "imgnorm-dask-live", "imgnorm-dask-young", "other-dead"):
+        (tmp_path / name / "worker-x").mkdir(parents=True)
+        if name != "imgnorm-dask-young":
+            os.utime(tmp_path / name, (old, old))
+    live = os.open(tmp_path / "imgnorm-dask-live", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(live, fcntl.LOCK_EX)  # a run in progress holds its folder
+    try:
+        path, fd = cl._make_scratch()
+        os.close(fd)
+    finally:
+        os.close(live)
+    left = sorted(os.listdir(tmp_path))
+    assert os.path.basename(path) in left
+    left.remove(os.path.basename(path))
+    assert left == ["imgnorm-dask-live", "imgnorm-dask-young", "other-dead"]
+
+
+def test_a_killed_local_cluster_run_leaves_a_scratch_folder_the_next_run_removes(mnist_npz, tmp_path):
+    import subprocess
+    from conftest import imgnorm_cmd
+    from imgnorm.cluster import STALE_AFTER
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(imgnorm_cmd("stats", mnist_npz[0], "--scheduler", "local:2", "-q", "--json"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(n.startswith("imgnorm-dask-") for n in os.listdir(tmp)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    (scratch,) = [n for n in os.listdir(tmp) if n.startswith("imgnorm-dask-")]
+    old = time.time() - 2 * STALE_AFTER
+    os.utime(tmp / scratch, (old, old))
+    r = run_imgnorm("stats", mnist_npz[0], "--scheduler", "local:2", "-q", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [n for n in os.listdir(tmp) if not n.startswith("pymp-")] == []  # pymp: the killed run's own
