@@ -186,7 +186,7 @@ read_options = _options(
                  help="Record the source as NAME in documents and outputs [default: its path as given]."),
     click.option("--workers", type=click.IntRange(min=1), default=None,
                  help="Decoding processes for image folders [default: all cores]."),
-    click.option("--scheduler", metavar="ADDRESS",
+    click.option("--scheduler", metavar="ADDRESS", callback=lambda ctx, param, value: _prestart(value),
                  help="Run the reading tasks on Dask: local, local:N (a LocalCluster of N processes) or a "
                       "scheduler's address (tcp://host:8786). Needs imgnorm[dask]."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -199,6 +199,15 @@ read_options = _options(
     click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr."),
     click.option("--dry-run", is_flag=True, help="Check the outputs and print the plan; read no pixel, write nothing."),
 )
+
+
+def _prestart(scheduler):
+    """--scheduler local: the workers' forkserver starts now, importing beside this process."""
+    if scheduler:
+        from .cluster import prestart
+
+        prestart(scheduler)
+    return scheduler
 
 
 def _open(source, opts: dict):

@@ -37,6 +37,8 @@ CONNECT_TIMEOUT = 10  # seconds; dask's own default is 30
 # to keep every worker busy, few enough that results (pixels, for the write
 # commands) do not pile up in the workers' memory.
 AHEAD_PER_WORKER = 4
+# What the forkserver imports once for every worker forked from it.
+FORKSERVER_PRELOAD = ["imgnorm.pipeline", "imgnorm.decode", "distributed.nanny", "distributed.worker"]
 
 
 # A LocalCluster's workers: no statistical profiler (a thread sampling every
@@ -136,6 +138,42 @@ def _given(value):
     return value
 
 
+def start_forkserver() -> None:
+    """Start the server the LocalCluster's worker processes are forked from, if not yet running.
+
+    Workers are forked from a server process that imported the reading code
+    once (forkserver): not from this one, whose threads (Dask's event loop)
+    could hold a lock at the fork, and each does not import everything again.
+    Starting it returns at once; it imports in parallel with this process,
+    which is why the command line calls this as soon as it sees
+    ``--scheduler local`` (about 0.17 s of a run's start-up saved).
+    """
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+
+
+def prestart(scheduler: str | None) -> None:
+    """For ``--scheduler local[:N]``: start the forkserver now, while imgnorm and Dask import here.
+
+    Does nothing for other values, without the extra, or when this user cannot
+    run the interpreter (the command says why later, when it opens the cluster).
+    """
+    import importlib.util
+
+    try:
+        if not scheduler or parse_scheduler(scheduler)[0] != "local":
+            return
+        if importlib.util.find_spec("distributed") is None:
+            return
+        _check_interpreter_runs()
+    except ImgnormError:
+        return
+    start_forkserver()
+
+
 class SchedulerError(ImgnormError):
     """The Dask scheduler cannot be reached or the cluster cannot start."""
 
@@ -208,13 +246,7 @@ class DaskExecutor:
         try:
             if self.kind == "local":
                 n = self.n or len(os.sched_getaffinity(0))
-                # Worker processes forked from a server process that imported the reading code once
-                # (forkserver): not forked from this one, whose threads (Dask's event loop) could
-                # hold a lock at the fork, and each does not import everything again.
-                import multiprocessing
-
-                multiprocessing.get_context("forkserver").set_forkserver_preload(
-                    ["imgnorm.pipeline", "imgnorm.decode", "distributed.nanny", "distributed.worker"])
+                start_forkserver()
                 self._scratch, self._scratch_fd = _make_scratch()
                 with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver",
                                       "temporary-directory": self._scratch, **WORKER_CONFIG}):

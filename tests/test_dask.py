@@ -348,10 +348,31 @@ def test_a_run_leaves_nothing_in_the_temporary_folder(mnist_npz, tmp_path, sched
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
     extra = ["--scheduler", scheduler] if scheduler else []
-    for args in (["stats", mnist_npz[0], "--json", "-q"], ["normalize", mnist_npz[0], "-o", tmp_path / "m.h5", "-q"]):
-        r = run_imgnorm(*args, *extra, env=env)
-        assert r.returncode == 0, r.stderr
+    runs = ((["stats", mnist_npz[0], "--json", "-q"], 0), (["normalize", mnist_npz[0], "-o", tmp_path / "m.h5", "-q"], 0),
+            (["stats", mnist_npz[0], "--size", "0x3"], 2))  # the forkserver started, then a usage error
+    for args, code in runs:
+        r = run_imgnorm(*args[:2], *extra, *args[2:], env=env)
+        assert r.returncode == code, r.stderr
         assert os.listdir(tmp) == [], args
+        deadline = time.monotonic() + 5  # the forkserver ends when it sees its parent gone
+        while (left := _processes_with_env("TMPDIR", str(tmp))) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert left == [], args
+
+
+def _processes_with_env(name: str, value: str) -> list[str]:
+    """Command lines of the live processes whose environment has name=value."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"{name}={value}".encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def test_scratch_folders_of_killed_runs_are_removed_by_the_next_one(tmp_path, monkeypatch):
@@ -400,3 +421,24 @@ def test_a_killed_local_cluster_run_leaves_a_scratch_folder_the_next_run_removes
     r = run_imgnorm("stats", mnist_npz[0], "--scheduler", "local:2", "-q", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert [n for n in os.listdir(tmp) if not n.startswith("pymp-")] == []  # pymp: the killed run's own
+
+
+@pytest.mark.parametrize("scheduler, starts", [("local:2", True), ("local", True), ("tcp://127.0.0.1:1", False),
+                                               (None, False), ("local:0", False)])
+def test_the_command_line_starts_the_workers_forkserver_as_soon_as_it_sees_local(scheduler, starts):
+    import subprocess
+    code = ("import sys, multiprocessing.forkserver as fs; from imgnorm.cluster import prestart; "
+            f"prestart({scheduler!r}); print(fs._forkserver._forkserver_pid is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(starts), out.stderr
+
+
+def test_the_scheduler_option_and_its_variable_reach_prestart(monkeypatch, tmp_path):
+    from imgnorm import cluster as cl
+    seen = []
+    monkeypatch.setattr(cl, "prestart", seen.append)
+    missing = str(tmp_path / "missing")
+    CliRunner().invoke(cli, ["stats", missing, "--scheduler", "local:2"])
+    CliRunner().invoke(cli, ["stats", missing], env={"IMGNORM_SCHEDULER": "local"})
+    CliRunner().invoke(cli, ["stats", missing])
+    assert seen == ["local:2", "local"]
