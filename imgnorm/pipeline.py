@@ -70,15 +70,17 @@ def batch_rows(split: Split | None, batch_size: int | None, shape: tuple[int, ..
 
 
 def shards(source: Source, names: list[str], rows: int | dict[str, int], *, parallel: bool,
-           chunk: int = WORKER_CHUNK) -> list[Shard]:
+           chunk: int = WORKER_CHUNK, pixels: bool = True) -> list[Shard]:
     """The shards of splits ``names``: ``rows`` images each (per split if a dict),
-    or ``chunk`` (the executor's share) for decoding workers."""
+    or ``chunk`` (the executor's share) for decoding workers: at most ``rows``
+    when a task holds its pixels (``pixels``), else exactly ``chunk`` (a task
+    that only counts decodes one image at a time, whatever its length)."""
     out = []
     for name in names:
         split = source.splits[name]
         step = rows[name] if isinstance(rows, dict) else rows
         if parallel and source.decodes:
-            step = min(chunk, step)
+            step = min(chunk, step) if pixels else chunk
         out += [Shard(name, a, min(a + step, len(split))) for a in range(0, len(split), step)]
     return out
 
@@ -199,7 +201,7 @@ def compute_stats(source: Source, *, split: str | None = None, batch_size: int |
                                                                    for n in names}}
         with executor or _executor(source, names, workers, batch_size) as ex:
             rows = {n: batch_rows(source.splits[n], batch_size) for n in names}
-            tasks = shards(source, names, rows, parallel=ex.parallel, chunk=_chunk(ex))
+            tasks = shards(source, names, rows, parallel=ex.parallel, chunk=_chunk(ex), pixels=False)
             results, classes, skipped = _stats_pass(source, tasks, ex, on_error, per_class, show_progress)
         for name in names:
             if results[name].images_ == 0 and len(source.splits[name]):
@@ -619,8 +621,10 @@ def fit_pass(plan: WritePlan, scaler: Scaler, ex, cache: "PixelCache", skipped: 
     source, name = plan.source, plan.fit_split
     split, shape = source.splits[name], plan.shapes[name]
     rs = RunningStats(source.channels, source.dtype)
+    # cache_task and stats_task hold one image at a time; read_task holds its shard
+    holds = not (cache.holds(name) or ex.parallel or source.decodes)
     tasks = shards(source, [name], batch_rows(split, plan.batch_size, shape), parallel=ex.parallel,
-                   chunk=_chunk(ex))
+                   chunk=_chunk(ex), pixels=holds)
     if cache.holds(name):
         parts = ex.map(partial(cache_task, path=cache.path, shape=shape, on_error=plan.on_error), tasks)
     elif ex.parallel or source.decodes:
@@ -649,30 +653,32 @@ def _stats_here(source: Source, batches, shape: tuple):
 
 
 def cache_task(source: Source, shard: Shard, path: str, shape: tuple, on_error: str = "fail"):
-    """Statistics of a shard, its decoded pixels written to their rows of the raw file ``path``.
+    """Statistics of a shard, each decoded image written to its row of the raw file ``path``
+    as it is decoded (a task holds one image, whatever its length).
 
     Returns ``(stats, skipped, rows kept)``.
     """
     rs = RunningStats(source.channels, source.dtype)
-    batch = source.splits[shard.split].read(shard.start, shard.stop, on_error,
-                                            visit=lambda images, rows: rs.update(images))
-    x = _as_array(batch, shape)
-    rows = batch.rows
-    row_bytes = int(np.prod(shape)) * x.dtype.itemsize
+    split = source.splits[shard.split]
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        a = 0
-        while a < len(rows):  # one write per run of consecutive rows
-            b = a + 1
-            while b < len(rows) and rows[b] == rows[b - 1] + 1:
-                b += 1
-            data = memoryview(np.ascontiguousarray(x[a:b])).cast("B")
-            if os.pwrite(fd, data, int(rows[a]) * row_bytes) != len(data):
+
+    def visit(images, rows):
+        for a, i in zip(images, rows):
+            if a.shape != tuple(shape):
+                where = printable(split.files[i]) if getattr(split, "files", None) is not None else f"image {i}"
+                raise SourceError(f"{where} has shape {a.shape[1]}x{a.shape[0]}x{a.shape[2]}, expected "
+                                  f"{shape[1]}x{shape[0]}x{shape[2]}; pass --size WxH to resize all images")
+        rs.update(images)
+        for a, i in zip(images, rows):
+            data = memoryview(np.ascontiguousarray(a)).cast("B")
+            if os.pwrite(fd, data, int(i) * len(data)) != len(data):
                 raise OSError(28, "No space left on device")
-            a = b
+
+    try:
+        batch = split.read(shard.start, shard.stop, on_error, visit=visit, keep=False)
     finally:
         os.close(fd)
-    return rs, batch.skipped, rows
+    return rs, batch.skipped, batch.rows
 
 
 def write_task(source: Source, shard: Shard, *, scaler: Scaler, sink, shape: tuple, dtype: str,

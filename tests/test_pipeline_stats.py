@@ -120,3 +120,58 @@ def test_one_worker_pool_serves_every_split(photo_folder, monkeypatch):
     doc = compute_stats(src, workers=2)
     assert len(pools) == 1 and pools[0][0] is src
     assert doc == compute_stats(src, workers=1)
+
+
+class _Recording:
+    """An executor that runs tasks here and records them; ``chunk`` images a task, as Dask's."""
+    parallel = True
+    writes_in_place = False
+
+    def __init__(self, chunk):
+        self.chunk, self.tasks = chunk, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def map(self, fn, tasks):
+        for t in tasks:
+            self.tasks.append(t)
+            yield fn(self.source, t)
+
+
+def test_counting_tasks_span_the_executors_chunk_not_the_batch(tmp_path, rng):
+    # a stats task holds no pixels: Dask's tasks of hundreds of images cost the
+    # scheduler a fifth of tasks capped at the batch size (64 for mixed sizes)
+    from conftest import write_jpeg
+    from imgnorm.stats import document_bytes
+    for i in range(30):
+        write_jpeg(tmp_path / "p" / "c" / f"{i}.jpg", rng, size=(8 + i % 3, 8))
+    src = open_source(tmp_path / "p")
+    want = document_bytes(compute_stats(src, workers=1))
+    ex = _Recording(chunk=12)
+    ex.source = src
+    assert document_bytes(compute_stats(src, executor=ex, batch_size=5)) == want
+    assert [t.stop - t.start for t in ex.tasks] == [12, 12, 6]
+
+
+def test_the_cache_task_writes_each_image_to_its_row_and_names_one_of_another_shape(tmp_path, rng):
+    from conftest import write_jpeg
+    from imgnorm.errors import SourceError
+    from imgnorm.pipeline import Shard, cache_task
+    for i in range(5):
+        write_jpeg(tmp_path / "p" / "c" / f"{i}.jpg", rng, size=(8, 6) if i != 3 else (6, 8))
+    src = open_source(tmp_path / "p")
+    split = src.splits[next(iter(src.splits))]
+    cache = tmp_path / "cache"
+    cache.write_bytes(bytes(5 * 6 * 8 * 3))
+    rs, skipped, rows = cache_task(src, Shard(split.name, 0, 3), str(cache), (6, 8, 3))
+    assert list(rows) == [0, 1, 2] and rs.images_ == 3 and skipped == []
+    got = np.frombuffer(cache.read_bytes(), np.uint8).reshape(5, 6, 8, 3)
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], np.asarray(Image.open(split.files[i]).convert("RGB")))
+    assert not got[3:].any()
+    with pytest.raises(SourceError, match=r"3\.jpg has shape 6x8x3, expected 8x6x3; pass --size"):
+        cache_task(src, Shard(split.name, 2, 5), str(cache), (6, 8, 3))
