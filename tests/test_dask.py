@@ -33,10 +33,18 @@ pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
 from imgnorm.cluster import DaskExecutor  # noqa: E402
 
 
+def local_cluster(scratch):
+    """A LocalCluster of 2 worker processes whose scratch files go to ``scratch`` (Dask's
+    default, TMPDIR/dask-scratch-space, would outlive the tests)."""
+    import dask
+    with dask.config.set({"temporary-directory": str(scratch)}):
+        return distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                        silence_logs=50, local_directory=str(scratch))
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=50) as c:
+def cluster(tmp_path_factory):
+    with local_cluster(tmp_path_factory.mktemp("dask")) as c:
         yield c.scheduler_address
 
 
@@ -97,8 +105,7 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path, rng, monkeypatch):
     src = imgnorm.open_source(root)
     want = document_bytes(compute_stats(src, workers=1))
     monkeypatch.setattr(DaskExecutor, "chunk", 2)  # 30 tasks: most run after the kill
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=50) as c:
+    with local_cluster(tmp_path / "dask") as c:
         got = compute_stats(src, executor=_KillingExecutor(src, c.scheduler_address))
     assert document_bytes(got) == want
 
@@ -181,8 +188,7 @@ def test_a_worker_killed_while_writing_a_zarr_store_or_parts_changes_nothing(tmp
     src = imgnorm.open_source(root)
     transform_to_hdf5(src, str(tmp_path / "one.h5"), "normalize", workers=1)
     monkeypatch.setattr(DaskExecutor, "chunk", 2)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=50) as c:
+    with local_cluster(tmp_path / "dask") as c:
         transform_to_hdf5(src, str(tmp_path / "k.zarr"), "normalize",
                           executor=_KillingExecutor(src, c.scheduler_address))
         transform_to_hdf5(src, str(tmp_path / "k.h5"), "normalize",
