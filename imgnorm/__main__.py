@@ -106,15 +106,15 @@ def main() -> None:
     # By now every output file is closed and renamed into place (or removed)
     # and the worker processes are reaped; what is left is the interpreter
     # freeing numpy's and h5py's modules one object at a time (about 30 ms).
-    # Flush what was printed and leave: after multiprocessing's own exit
-    # handler, when something used it (Dask's forkserver), which removes the
-    # folder of its socket.
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        try:
-            mp_util._exit_function()
-        except Exception:  # a failed clean-up must not change the exit code
-            pass
+    # Flush what was printed and leave: after the exit handlers of
+    # multiprocessing (when something used it) and of a Dask run, which
+    # remove their temporary folders.
+    for module, handler in (("multiprocessing.util", "_exit_function"), ("imgnorm.cluster", "remove_process_scratch")):
+        if module in sys.modules:
+            try:
+                getattr(sys.modules[module], handler)()
+            except Exception:  # a failed clean-up must not change the exit code
+                pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -19,6 +19,7 @@ need the same paths: a shared file system on a real cluster.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import re
@@ -50,14 +51,10 @@ SCRATCH_PREFIX = "imgnorm-dask-"
 STALE_AFTER = 60  # seconds: a scratch folder this old and unlocked is a killed run's
 
 
-def _make_scratch() -> tuple[str, int]:
-    """A LocalCluster's folder for its scheduler's and workers' files, and a descriptor locking it.
-
-    Dask's default (TMPDIR/dask-scratch-space) outlives the run. This one is
-    removed when the cluster closes; one left by a killed run (its lock free)
-    is removed by the next run.
-    """
-    top = tempfile.gettempdir()
+def _make_scratch(top: str | None = None) -> tuple[str, int]:
+    """A new scratch folder in ``top`` (TMPDIR) and a descriptor locking it, after
+    removing those of killed runs (old, and their lock free)."""
+    top = top or tempfile.gettempdir()
     try:
         names = [n for n in os.listdir(top) if n.startswith(SCRATCH_PREFIX)]
     except OSError:
@@ -78,13 +75,63 @@ def _make_scratch() -> tuple[str, int]:
         finally:
             os.close(fd)
         shutil.rmtree(path, ignore_errors=True)
-    path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=top)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         pass  # no locks here: it is then never taken for stale
     return path, fd
+
+
+_process_scratch: tuple[str, int] | None = None  # (folder, locked descriptor), made once
+
+
+def process_scratch() -> str:
+    """This process's folder for Dask's and multiprocessing's files, locked while it lives.
+
+    Dask's default (TMPDIR/dask-scratch-space) and multiprocessing's
+    (TMPDIR/pymp-*, the forkserver's socket) outlive a killed run; this one
+    is removed at exit (:func:`remove_process_scratch`), or by the next run
+    when the process was killed.
+    """
+    global _process_scratch
+    if _process_scratch is None:
+        top = tempfile.gettempdir()
+        if len(os.fsencode(os.path.join(top, SCRATCH_PREFIX + "12345678"))) > _SOCKET_ROOM and os.access(
+                "/tmp", os.W_OK | os.X_OK):
+            top = "/tmp"  # TMPDIR's path is too long for the forkserver's socket
+        _process_scratch = _make_scratch(top)
+        atexit.register(remove_process_scratch)
+    return _process_scratch[0]
+
+
+def remove_process_scratch() -> None:
+    global _process_scratch
+    if _process_scratch is not None:
+        path, fd = _process_scratch
+        _process_scratch = None
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+# The longest path multiprocessing's socket may have there (an AF_UNIX address holds 107 bytes).
+_SOCKET_ROOM = 107 - len("/listener-12345678")
+
+
+def _multiprocessing_files_in_scratch() -> None:
+    """Have multiprocessing put its files (the forkserver's socket) in :func:`process_scratch`,
+    unless it has a folder already."""
+    from multiprocessing import process
+
+    config = getattr(process.current_process(), "_config", None)
+    if not isinstance(config, dict) or config.get("tempdir") is not None:
+        return
+    folder = process_scratch()
+    if len(os.fsencode(folder)) > _SOCKET_ROOM:
+        raise SchedulerError(f"--scheduler local needs a socket in the temporary folder, and its path "
+                             f"{folder} is too long for one; set TMPDIR to a shorter path")
+    config["tempdir"] = folder
 
 
 def _prepare_worker() -> None:
@@ -151,6 +198,7 @@ def start_forkserver() -> None:
     import multiprocessing
     import multiprocessing.forkserver
 
+    _multiprocessing_files_in_scratch()
     multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
     multiprocessing.forkserver.ensure_running()
 
@@ -169,9 +217,9 @@ def prestart(scheduler: str | None) -> None:
         if importlib.util.find_spec("distributed") is None:
             return
         _check_interpreter_runs()
-    except ImgnormError:
+        start_forkserver()
+    except Exception:  # said when the cluster is opened (DaskExecutor), not from the option's parsing
         return
-    start_forkserver()
 
 
 class SchedulerError(ImgnormError):
@@ -231,7 +279,7 @@ class DaskExecutor:
         self.scheduler = scheduler
         self.show = show
         self.client = self.cluster = self._source = None
-        self._scratch = self._scratch_fd = None  # a LocalCluster's folder (_make_scratch)
+        self._scratch = None  # a LocalCluster's folder, in process_scratch()
 
     def __enter__(self) -> "DaskExecutor":
         self._depth = getattr(self, "_depth", 0) + 1
@@ -242,12 +290,12 @@ class DaskExecutor:
 
         if self.kind == "local":
             _check_interpreter_runs()
+            start_forkserver()
 
         try:
             if self.kind == "local":
                 n = self.n or len(os.sched_getaffinity(0))
-                start_forkserver()
-                self._scratch, self._scratch_fd = _make_scratch()
+                self._scratch = tempfile.mkdtemp(prefix="cluster-", dir=process_scratch())
                 with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver",
                                       "temporary-directory": self._scratch, **WORKER_CONFIG}):
                     self.cluster = distributed.LocalCluster(
@@ -330,5 +378,4 @@ class DaskExecutor:
         self.client = self.cluster = self._source = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
-            os.close(self._scratch_fd)
             self._scratch = None

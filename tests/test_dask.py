@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import pathlib
 import signal
 import sys
 import time
@@ -346,20 +347,33 @@ def test_part_files_left_by_an_earlier_cluster_run_are_named_not_removed(cluster
         assert not f["train/x"].is_virtual
 
 
+@pytest.fixture(params=["short", "long"])
+def run_tmpdir(request, tmp_path):
+    """An empty TMPDIR for a run: a short path, and one too long for the forkserver's
+    socket (an AF_UNIX path holds 107 bytes: imgnorm's scratch then goes to /tmp)."""
+    if request.param == "short":
+        yield request.getfixturevalue("short_tmp")
+        return
+    tmp = tmp_path / ("t" * 40)
+    tmp.mkdir()
+    yield tmp
+
+
 @pytest.mark.parametrize("scheduler", [None, "local:2"])
-def test_a_run_leaves_nothing_in_the_temporary_folder(mnist_npz, tmp_path, scheduler):
+def test_a_run_leaves_nothing_in_the_temporary_folder(mnist_npz, tmp_path, scheduler, run_tmpdir):
     # multiprocessing's folder for the forkserver's socket and Dask's scratch space
     # are the run's temporaries too: gone when the command returns
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = run_tmpdir
     env = {**os.environ, "TMPDIR": str(tmp)}
     extra = ["--scheduler", scheduler] if scheduler else []
     runs = ((["stats", mnist_npz[0], "--json", "-q"], 0), (["normalize", mnist_npz[0], "-o", tmp_path / "m.h5", "-q"], 0),
             (["stats", mnist_npz[0], "--size", "0x3"], 2))  # the forkserver started, then a usage error
+    in_tmp = set(os.listdir("/tmp"))  # where the scratch goes when TMPDIR's path is too long for a socket
     for args, code in runs:
         r = run_imgnorm(*args[:2], *extra, *args[2:], env=env)
         assert r.returncode == code, r.stderr
         assert os.listdir(tmp) == [], args
+        assert [n for n in set(os.listdir("/tmp")) - in_tmp if n.startswith("imgnorm-dask-")] == []
         deadline = time.monotonic() + 5  # the forkserver ends when it sees its parent gone
         while (left := _processes_with_env("TMPDIR", str(tmp))) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -405,15 +419,25 @@ def test_scratch_folders_of_killed_runs_are_removed_by_the_next_one(tmp_path, mo
     assert left == ["imgnorm-dask-live", "imgnorm-dask-young", "other-dead"]
 
 
-def test_a_killed_local_cluster_run_leaves_a_scratch_folder_the_next_run_removes(mnist_npz, tmp_path):
+@pytest.fixture
+def short_tmp():
+    """An empty folder directly in /tmp: short enough a path for the forkserver's socket."""
+    import shutil
+    import tempfile
+    tmp = pathlib.Path(tempfile.mkdtemp(dir="/tmp"))
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_killed_local_cluster_run_leaves_a_scratch_folder_the_next_run_removes(mnist_npz, short_tmp):
+    # the forkserver's socket is in it too, so nothing else is left at all
     import subprocess
     from conftest import imgnorm_cmd
     from imgnorm.cluster import STALE_AFTER
 
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp, mnist = short_tmp, mnist_npz[0]
     env = {**os.environ, "TMPDIR": str(tmp)}
-    proc = subprocess.Popen(imgnorm_cmd("stats", mnist_npz[0], "--scheduler", "local:2", "-q", "--json"),
+    proc = subprocess.Popen(imgnorm_cmd("stats", mnist, "--scheduler", "local:2", "-q", "--json"),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(n.startswith("imgnorm-dask-") for n in os.listdir(tmp)):
@@ -421,12 +445,22 @@ def test_a_killed_local_cluster_run_leaves_a_scratch_folder_the_next_run_removes
         time.sleep(0.01)
     proc.kill()
     proc.wait()
-    (scratch,) = [n for n in os.listdir(tmp) if n.startswith("imgnorm-dask-")]
+    (scratch,) = killed = os.listdir(tmp)  # no pymp-* beside it
+    assert scratch.startswith("imgnorm-dask-"), killed
     old = time.time() - 2 * STALE_AFTER
     os.utime(tmp / scratch, (old, old))
-    r = run_imgnorm("stats", mnist_npz[0], "--scheduler", "local:2", "-q", "--json", env=env)
+    r = run_imgnorm("stats", mnist, "--scheduler", "local:2", "-q", "--json", env=env)
     assert r.returncode == 0, r.stderr
-    assert [n for n in os.listdir(tmp) if not n.startswith("pymp-")] == []  # pymp: the killed run's own
+    assert os.listdir(tmp) == []
+
+
+def test_a_temporary_folder_too_long_for_a_socket_is_a_clear_error(monkeypatch):
+    from multiprocessing import process
+    from imgnorm import cluster as cl
+    monkeypatch.setitem(process.current_process()._config, "tempdir", None)
+    monkeypatch.setattr(cl, "_process_scratch", ("/" + "t" * 100, -1))
+    with pytest.raises(cl.SchedulerError, match=r"too long for one; set TMPDIR to a shorter path"):
+        cl._multiprocessing_files_in_scratch()
 
 
 @pytest.mark.parametrize("scheduler, starts", [("local:2", True), ("local", True), ("tcp://127.0.0.1:1", False),
