@@ -429,22 +429,32 @@ def short_tmp():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_a_killed_local_cluster_run_leaves_a_scratch_folder_the_next_run_removes(mnist_npz, short_tmp):
-    # the forkserver's socket is in it too, so nothing else is left at all
+def test_a_killed_local_cluster_run_leaves_a_scratch_folder_the_next_run_removes(mnist_npz, short_tmp, tmp_path,
+                                                                                 rng):
+    # no process outlives it, and the forkserver's socket is in its folder, so nothing else is left
     import subprocess
     from conftest import imgnorm_cmd
     from imgnorm.cluster import STALE_AFTER
 
     tmp, mnist = short_tmp, mnist_npz[0]
+    big = tmp_path / "big.jpg"  # 40 links to it: seconds of decoding, killed in the middle
+    write_jpeg(big, rng, size=(2000, 2000))
+    for i in range(40):
+        (tmp_path / "slow" / "c").mkdir(parents=True, exist_ok=True)
+        os.symlink(big, tmp_path / "slow" / "c" / f"{i}.jpg")
     env = {**os.environ, "TMPDIR": str(tmp)}
-    proc = subprocess.Popen(imgnorm_cmd("stats", mnist, "--scheduler", "local:2", "-q", "--json"),
+    proc = subprocess.Popen(imgnorm_cmd("stats", tmp_path / "slow", "--scheduler", "local:2", "-q", "--json"),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not any(n.startswith("imgnorm-dask-") for n in os.listdir(tmp)):
+    while len(_processes_with_env("TMPDIR", str(tmp))) < 4:  # imgnorm, its resource tracker, forkserver, a worker
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     proc.kill()
     proc.wait()
+    deadline = time.monotonic() + 10  # they end on their own when they see the parent gone
+    while (left := _processes_with_env("TMPDIR", str(tmp))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert left == []
     (scratch,) = killed = os.listdir(tmp)  # no pymp-* beside it
     assert scratch.startswith("imgnorm-dask-"), killed
     old = time.time() - 2 * STALE_AFTER
