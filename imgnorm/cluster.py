@@ -49,6 +49,8 @@ WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 SCRATCH_PREFIX = "imgnorm-dask-"
 STALE_AFTER = 60  # seconds: a scratch folder this old and unlocked is a killed run's
+# The longest path multiprocessing's socket may have there (an AF_UNIX address holds 107 bytes).
+_SOCKET_ROOM = 107 - len("/listener-12345678")
 
 
 def _make_scratch(top: str | None = None) -> tuple[str, int]:
@@ -113,10 +115,6 @@ def remove_process_scratch() -> None:
         _process_scratch = None
         shutil.rmtree(path, ignore_errors=True)
         os.close(fd)
-
-
-# The longest path multiprocessing's socket may have there (an AF_UNIX address holds 107 bytes).
-_SOCKET_ROOM = 107 - len("/listener-12345678")
 
 
 def _multiprocessing_files_in_scratch() -> None:

@@ -664,10 +664,7 @@ def cache_task(source: Source, shard: Shard, path: str, shape: tuple, on_error: 
 
     def visit(images, rows):
         for a, i in zip(images, rows):
-            if a.shape != tuple(shape):
-                where = printable(split.files[i]) if getattr(split, "files", None) is not None else f"image {i}"
-                raise SourceError(f"{where} has shape {a.shape[1]}x{a.shape[0]}x{a.shape[2]}, expected "
-                                  f"{shape[1]}x{shape[0]}x{shape[2]}; pass --size WxH to resize all images")
+            _check_shape(a, shape, split.files[i] if getattr(split, "files", None) is not None else f"image {i}")
         rs.update(images)
         for a, i in zip(images, rows):
             data = memoryview(np.ascontiguousarray(a)).cast("B")
@@ -997,8 +994,12 @@ def _as_array(batch: Batch, shape: tuple[int, ...]) -> np.ndarray:
     if isinstance(imgs, np.ndarray) and imgs.shape[1:] == tuple(shape):
         return imgs
     for i, a in enumerate(imgs):
-        if a.shape != tuple(shape):
-            where = printable(batch.files[i]) if batch.files else f"image {batch.start + i}"
-            raise SourceError(f"{where} has shape {a.shape[1]}x{a.shape[0]}x{a.shape[2]}, expected "
-                              f"{shape[1]}x{shape[0]}x{shape[2]}; pass --size WxH to resize all images")
+        _check_shape(a, shape, batch.files[i] if batch.files else f"image {batch.start + i}")
     return np.stack(imgs) if len(imgs) else np.empty((0,) + tuple(shape), np.uint8)
+
+
+def _check_shape(a: np.ndarray, shape: tuple[int, ...], where: str) -> None:
+    """Refuse image ``a`` (from ``where``: a file or "image N") unless it has the expected shape."""
+    if a.shape != tuple(shape):
+        raise SourceError(f"{printable(where)} has shape {a.shape[1]}x{a.shape[0]}x{a.shape[2]}, expected "
+                          f"{shape[1]}x{shape[0]}x{shape[2]}; pass --size WxH to resize all images")
